@@ -1,0 +1,49 @@
+"""gradkit: everything that happens to a gradient between ``backward()`` and the update.
+
+The public API is flat: ``gradkit.chain``, ``gradkit.scale_by_lr``, ``gradkit.optim.AdamW``, ...
+"""
+
+from gradkit import optim
+from gradkit.core import (
+    NONFINITE_POLICIES,
+    Chain,
+    ChainOptimizer,
+    Context,
+    GroupTransform,
+    NonFiniteGradientError,
+    Segment,
+    Transform,
+    add_decayed_weights,
+    add_l2,
+    chain,
+    maximize,
+    scale,
+    scale_by_lr,
+    trace,
+    when,
+)
+from gradkit.optim import scale_by_adam
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "NONFINITE_POLICIES",
+    "Chain",
+    "ChainOptimizer",
+    "Context",
+    "GroupTransform",
+    "NonFiniteGradientError",
+    "Segment",
+    "Transform",
+    "__version__",
+    "add_decayed_weights",
+    "add_l2",
+    "chain",
+    "maximize",
+    "optim",
+    "scale",
+    "scale_by_adam",
+    "scale_by_lr",
+    "trace",
+    "when",
+]

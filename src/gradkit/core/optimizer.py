@@ -1,0 +1,229 @@
+"""The adapter that turns any chain of transforms into a real ``torch.optim.Optimizer``."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gradkit.core.transform import Chain, Context, Segment, Transform, chain
+from gradkit.core.validation import check_choice
+
+NONFINITE_POLICIES = ("skip", "raise", "apply")
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+# Group keys the adapter owns; they are not hyperparameters of any transform.
+_ADAPTER_KEYS = ("nonfinite", "foreach", "fused")
+
+
+class NonFiniteGradientError(FloatingPointError):
+    """Raised under ``nonfinite="raise"`` when a gradient holds NaN or inf."""
+
+
+class ChainOptimizer(torch.optim.Optimizer):
+    """A ``torch.optim.Optimizer`` that runs a :class:`~gradkit.core.Transform` chain.
+
+    Every gradkit optimizer is one of these. It behaves like torch's own optimizers: param groups
+    carry per-group hyperparameters (the transforms read them at each step, so LR schedulers work
+    unchanged), ``state_dict()`` / ``load_state_dict()`` use torch's format and resume bit-exactly,
+    ``step(closure)``, ``zero_grad`` and step hooks come from the base class.
+
+    State lives in ``optimizer.state[p]`` under namespaced keys (``"adam.exp_avg"``), plus
+    ``"step"`` (a float32 CPU scalar tensor, as in torch) counting the updates of that parameter.
+
+    Args:
+        params: parameters or param groups, as for any torch optimizer.
+        transform: the transform (or chain) to run.
+        nonfinite: what to do when a group's gradients hold NaN/inf: ``"skip"`` (default; the
+            group's step is skipped, parameters and state untouched, ``group["nonfinite_skips"]``
+            increments and a warning is emitted once), ``"raise"`` (``NonFiniteGradientError``
+            naming the parameter; nothing is modified), or ``"apply"`` (no check, fastest).
+        **hyperparams: values overriding the transforms' defaults for every group.
+
+    Parameters in bfloat16/float16 are updated through an fp32 copy and keep fp32 state.
+    Parameters without ``.grad`` are skipped; sparse gradients raise ``RuntimeError``.
+
+    Example:
+        >>> import torch, gradkit
+        >>> model = torch.nn.Linear(3, 1)
+        >>> opt = gradkit.ChainOptimizer(
+        ...     model.parameters(), gradkit.chain(gradkit.trace(), gradkit.scale_by_lr()),
+        ...     lr=0.1, momentum=0.9,
+        ... )
+        >>> model(torch.ones(2, 3)).sum().backward()
+        >>> _ = opt.step()
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Tensor]],
+        transform: Transform,
+        *,
+        nonfinite: str = "skip",
+        **hyperparams: Any,
+    ) -> None:
+        self.transform: Chain = transform if isinstance(transform, Chain) else chain(transform)
+        unknown = sorted(set(hyperparams) - set(self.transform.defaults) - set(_ADAPTER_KEYS))
+        if unknown:
+            raise TypeError(
+                f"unexpected hyperparameter(s) {unknown}; this chain takes "
+                f"{sorted(self.transform.defaults)}"
+            )
+        defaults = {**self.transform.defaults, **hyperparams, "nonfinite": nonfinite}
+        self._validate(defaults)
+        self._warned_nonfinite = False
+        super().__init__(params, defaults)
+
+    # -- construction ---------------------------------------------------------------------
+    def _validate(self, hp: Mapping[str, Any]) -> None:
+        check_choice(hp, "nonfinite", NONFINITE_POLICIES)
+        self.transform.validate(hp)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            self._validate(group)
+        except ValueError:
+            self.param_groups.pop()
+            raise
+        group.setdefault("nonfinite_skips", 0)
+
+    # -- the step -------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        params: list[Tensor] = []
+        grads: list[Tensor] = []
+        segments: list[Segment] = []
+        for index, group in enumerate(self.param_groups):
+            group_params, group_grads = _with_grads(group)
+            if not group_params or not self._gradients_usable(
+                index, group, group_params, group_grads
+            ):
+                continue
+            start = len(params)
+            params += group_params
+            grads += group_grads
+            segments.append(Segment(start, len(params), group))
+        if params:
+            self._update(params, grads, segments)
+        return loss
+
+    def _update(self, params: list[Tensor], grads: list[Tensor], segments: list[Segment]) -> None:
+        work = [p.float() if p.dtype in _LOW_PRECISION else p for p in params]
+        grads = [
+            g if g.dtype == w.dtype else g.to(w.dtype) for g, w in zip(grads, work, strict=True)
+        ]
+        self._init_state(params, work, segments)
+        step_tensors = [self.state[p]["step"] for p in params]
+        torch._foreach_add_(step_tensors, 1.0)
+        steps = [int(s.item()) for s in step_tensors]
+        state = self._gather_state(params)
+        ctx = Context(segments, steps, grads)
+        updates = self.transform.update(list(grads), state, work, ctx)
+        torch._foreach_add_(work, updates)
+        for p, w in zip(params, work, strict=True):
+            if w is not p:
+                p.copy_(w)
+
+    def _init_state(
+        self, params: list[Tensor], work: list[Tensor], segments: list[Segment]
+    ) -> None:
+        for seg in segments:
+            fresh = [i for i in range(seg.start, seg.stop) if not self.state[params[i]]]
+            if not fresh:
+                continue
+            new = self.transform.init([work[i] for i in fresh], seg.hp)
+            for j, i in enumerate(fresh):
+                entry = self.state[params[i]]
+                entry["step"] = torch.tensor(0.0, dtype=torch.float32)
+                for key, tensors in new.items():
+                    entry[key] = tensors[j]
+
+    def _gather_state(self, params: list[Tensor]) -> dict[str, list[Tensor]]:
+        keys: dict[str, None] = {}
+        for p in params:
+            keys.update(dict.fromkeys(self.state[p]))
+        keys.pop("step", None)
+        return {k: [self.state[p].get(k) for p in params] for k in keys}  # type: ignore[misc]
+
+    def _gradients_usable(
+        self, index: int, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]
+    ) -> bool:
+        policy = group["nonfinite"]
+        if policy == "apply":
+            return True
+        maxima = torch._foreach_norm(grads, float("inf"))
+        finite = torch.stack(maxima).isfinite()
+        if bool(finite.all()):
+            return True
+        if policy == "raise":
+            bad = params[int((~finite).nonzero()[0])]
+            raise NonFiniteGradientError(
+                f"non-finite gradient in {_param_label(group, index, bad)}; nothing was updated "
+                "(pass nonfinite='skip' to skip such steps)"
+            )
+        group["nonfinite_skips"] += 1
+        if not self._warned_nonfinite:
+            self._warned_nonfinite = True
+            warnings.warn(
+                f"non-finite gradient in param group {index}: step skipped for that group "
+                "(parameters and state untouched; see group['nonfinite_skips']). "
+                "This warning is shown once.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return False
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load like torch, but keep each state tensor's saved dtype.
+
+        torch casts floating state to the parameter's dtype, which would round the fp32 state of
+        bf16 parameters; resuming must be bit-exact, so the saved dtype wins.
+        """
+        super().load_state_dict(state_dict)
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for saved_id, p in zip(saved_ids, params, strict=True):
+            for key, value in state_dict["state"].get(saved_id, {}).items():
+                current = self.state[p].get(key)
+                if (
+                    isinstance(value, Tensor)
+                    and current is not None
+                    and current.dtype != value.dtype
+                ):
+                    self.state[p][key] = value.to(device=p.device, copy=True)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.transform!r})"
+
+
+def _with_grads(group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
+    params, grads = [], []
+    for p in group["params"]:
+        if p.grad is None:
+            continue
+        if p.grad.is_sparse:
+            raise RuntimeError(
+                "gradkit optimizers do not support sparse gradients; use torch.optim.SparseAdam "
+                "or a dense embedding (nn.Embedding(sparse=False))"
+            )
+        params.append(p)
+        grads.append(p.grad)
+    return params, grads
+
+
+def _param_label(group: dict[str, Any], index: int, param: Tensor) -> str:
+    position = next(i for i, q in enumerate(group["params"]) if q is param)
+    names = group.get("param_names")
+    shape = tuple(param.shape)
+    if names:
+        return f"parameter {names[position]!r} (group {index}, shape {shape})"
+    return f"param_groups[{index}]['params'][{position}] (shape {shape})"

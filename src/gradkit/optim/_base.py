@@ -1,0 +1,114 @@
+"""What every named gradkit optimizer shares: the constructor plumbing and the registry."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from gradkit.core.optimizer import ChainOptimizer
+from gradkit.core.transform import Transform, chain
+from gradkit.transforms.basic import maximize as _maximize
+
+Params = Iterable[Any]
+
+
+class GradkitOptimizer(ChainOptimizer):
+    """Base class of the named optimizers in :mod:`gradkit.optim`.
+
+    A named optimizer is ``chain(maximize(), *transforms, *core)`` where ``core`` is the paper's
+    update and ``transforms`` are the user's extra gradient transforms (clipping, ...), applied to
+    the gradient before the update rule.
+    """
+
+    paper: str = ""
+    year: int = 0
+    url: str = ""
+
+    def __init__(
+        self,
+        params: Params,
+        core: Sequence[Transform],
+        *,
+        maximize: bool = False,
+        transforms: Sequence[Transform] | None = None,
+        nonfinite: str = "skip",
+        foreach: bool | None = None,
+        **hyperparams: Any,
+    ) -> None:
+        pre = list(transforms or ())
+        full = chain(_maximize(maximize), *pre, *core)
+        super().__init__(
+            params, full, nonfinite=nonfinite, maximize=maximize, foreach=foreach, **hyperparams
+        )
+
+
+def torch_only_flags(
+    name: str, *, fused: bool | None, capturable: bool = False, differentiable: bool = False
+) -> None:
+    """Reject torch.optim flags gradkit accepts for signature compatibility but can't honour."""
+    for flag, value in (("fused", fused), ("capturable", capturable)):
+        if value:
+            raise ValueError(
+                f"Invalid {flag}: {value!r}; {name} has no {flag} implementation in gradkit yet "
+                f"(leave {flag} unset; gradkit always runs multi-tensor kernels)"
+            )
+    if differentiable:
+        raise ValueError(
+            f"Invalid differentiable: {differentiable!r}; gradkit optimizers do not support "
+            "differentiating through step()"
+        )
+
+
+@dataclass(frozen=True)
+class OptimizerInfo:
+    """Registry entry: what a user needs to pick an optimizer."""
+
+    name: str
+    cls: type
+    paper: str
+    year: int
+    url: str
+    defaults: dict[str, Any] = field(repr=False)
+    state_bytes_per_param: float
+    """Optimizer-state bytes per fp32 parameter at the default hyperparameters (O(1) scalars such
+    as step counters excluded)."""
+
+
+_REGISTRY: dict[str, OptimizerInfo] = {}
+T = TypeVar("T", bound=type)
+
+
+def register(*, paper: str, year: int, url: str, state_floats: float) -> Callable[[T], T]:
+    """Class decorator adding a named optimizer to :func:`available`.
+
+    ``state_floats`` is the number of parameter-sized fp32 state tensors at the defaults.
+    """
+
+    def deco(cls: T) -> T:
+        cls.paper, cls.year, cls.url = paper, year, url  # type: ignore[attr-defined]
+        sig = inspect.signature(cls.__init__)
+        defaults = {
+            k: p.default
+            for k, p in sig.parameters.items()
+            if k not in ("self", "params") and p.default is not inspect.Parameter.empty
+        }
+        _REGISTRY[cls.__name__] = OptimizerInfo(
+            cls.__name__, cls, paper, year, url, defaults, 4.0 * state_floats
+        )
+        return cls
+
+    return deco
+
+
+def available() -> list[OptimizerInfo]:
+    """Every gradkit optimizer with its paper, year, default hyperparameters and state size.
+
+    Example:
+        >>> import gradkit
+        >>> info = {i.name: i for i in gradkit.optim.available()}
+        >>> info["AdamW"].state_bytes_per_param
+        8.0
+    """
+    return list(_REGISTRY.values())

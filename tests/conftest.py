@@ -1,0 +1,6 @@
+"""Make tests/support (shared harness) and tests/reference (reference updates) importable."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
