@@ -9,8 +9,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradkit.core.transform import Chain, Context, Segment, Transform, chain
+from gradkit.core.transform import Chain, Context, Segment, Transform, When, chain
 from gradkit.core.validation import check_choice
+from gradkit.transforms.basic import AddDecayedWeights, ScaleByLR
 
 NONFINITE_POLICIES = ("skip", "raise", "apply")
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -56,6 +57,10 @@ class ChainOptimizer(torch.optim.Optimizer):
         >>> _ = opt.step()
     """
 
+    fuse_apply: bool = True
+    """Apply a trailing ``[decay ->] scale_by_lr`` in place (see ``_apply_lr_step``); False runs
+    the readable path, every transform materializing its output (tests compare the two)."""
+
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Tensor]],
@@ -73,6 +78,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             )
         defaults = {**self.transform.defaults, **hyperparams, "nonfinite": nonfinite}
         self._validate(defaults)
+        self._body, self._decay = _fused_tail(self.transform)
         self._warned_nonfinite = False
         super().__init__(params, defaults)
 
@@ -126,11 +132,32 @@ class ChainOptimizer(torch.optim.Optimizer):
         steps = [int(s.item()) for s in step_tensors]
         state = self._gather_state(params)
         ctx = Context(segments, steps, grads)
-        updates = self.transform.update(list(grads), state, work, ctx)
-        torch._foreach_add_(work, updates)
+        body = self._body if self.fuse_apply else len(self.transform.transforms)
+        updates = self.transform.run(list(grads), state, work, ctx, body)
+        if body == len(self.transform.transforms):
+            torch._foreach_add_(work, updates)
+        else:
+            self._apply_lr_step(work, updates, segments)
         for p, w in zip(params, work, strict=True):
             if w is not p:
                 p.copy_(w)
+
+    def _apply_lr_step(
+        self, work: list[Tensor], updates: list[Tensor], segments: list[Segment]
+    ) -> None:
+        """``[add_decayed_weights ->] scale_by_lr`` at the end of a chain, applied in place.
+
+        Same result as ``p += -lr * (u + wd * p)`` but written ``p *= 1 - lr*wd; p += -lr * u``:
+        torch's operation order (so AdamW & co. match torch to rounding) and two fewer
+        parameter-sized temporaries.
+        """
+        for seg in segments:
+            lr = float(seg.hp["lr"])
+            params, ups = work[seg.start : seg.stop], updates[seg.start : seg.stop]
+            wd = _decay_rate(self._decay, seg.hp) if self._decay is not None else 0.0
+            if wd != 0:
+                torch._foreach_mul_(params, 1.0 - lr * wd)
+            torch._foreach_add_(params, ups, alpha=-lr)
 
     def _init_state(
         self, params: list[Tensor], work: list[Tensor], segments: list[Segment]
@@ -203,6 +230,31 @@ class ChainOptimizer(torch.optim.Optimizer):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.transform!r})"
+
+
+def _fused_tail(chain_: Chain) -> tuple[int, Transform | None]:
+    """How many leading transforms to run before the adapter applies the lr step itself.
+
+    A chain ending in ``scale_by_lr`` (optionally preceded by decoupled weight decay) is applied
+    by :meth:`ChainOptimizer._apply_lr_step`; any other chain's updates are added as they are.
+    """
+    ts = chain_.transforms
+    if not ts or not isinstance(ts[-1], ScaleByLR):
+        return len(ts), None
+    if len(ts) >= 2 and _decay_rate(ts[-2], None) is not None:
+        return len(ts) - 2, ts[-2]
+    return len(ts) - 1, None
+
+
+def _decay_rate(t: Transform, hp: Mapping[str, Any] | None) -> float | None:
+    """Weight decay ``t`` adds in a group; None if ``t`` is not a decay (hp=None only asks)."""
+    if isinstance(t, AddDecayedWeights):
+        return 0.0 if hp is None else t.rate(hp)
+    if isinstance(t, When) and isinstance(t.inner, AddDecayedWeights):
+        if hp is None:
+            return 0.0
+        return t.inner.rate(hp) if hp[t.flag] == t.value else 0.0
+    return None
 
 
 def _with_grads(group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:

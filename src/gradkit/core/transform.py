@@ -190,7 +190,13 @@ class Chain(Transform):
         """
         if ctx is None:
             ctx = self._standalone_context(updates, state)
-        for ns, t in zip(self.namespaces, self.transforms, strict=True):
+        return self.run(updates, state, params, ctx, len(self.transforms))
+
+    def run(
+        self, updates: list[Tensor], state: State, params: list[Tensor], ctx: Context, count: int
+    ) -> list[Tensor]:
+        """Thread ``updates`` through the first ``count`` transforms only."""
+        for ns, t in zip(self.namespaces[:count], self.transforms[:count], strict=True):
             prefix = ns + "."
             sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             updates = t.update(updates, sub, params, ctx)

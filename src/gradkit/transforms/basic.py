@@ -55,7 +55,7 @@ def maximize(maximize: bool = False) -> Transform:
     return _Maximize(maximize=maximize)
 
 
-class _ScaleByLR(GroupTransform):
+class ScaleByLR(GroupTransform):
     name = "lr"
 
     def validate(self, hp: Mapping[str, Any]) -> None:
@@ -67,14 +67,18 @@ class _ScaleByLR(GroupTransform):
 
 def scale_by_lr(lr: float = 1e-3) -> Transform:
     """``u <- -lr * u``: the descent step. ``lr`` is the group's ``"lr"``, so schedulers drive it."""
-    return _ScaleByLR(lr=lr)
+    return ScaleByLR(lr=lr)
 
 
-class _AddDecayedWeights(GroupTransform):
+class AddDecayedWeights(GroupTransform):
     name = "weight_decay"
 
     def validate(self, hp: Mapping[str, Any]) -> None:
         check_nonnegative(hp, "weight_decay")
+
+    def rate(self, hp: Mapping[str, Any]) -> float:
+        """The decay this transform adds in a group (the adapter fuses it into the apply)."""
+        return hp["weight_decay"]
 
     def update_group(self, updates, state, params, hp, steps, grads):
         wd = hp["weight_decay"]
@@ -90,12 +94,12 @@ def add_decayed_weights(weight_decay: float = 0.0) -> Transform:
     preconditioner, as in torch's ``Adam(weight_decay=...)`` and ``SGD``). :func:`add_l2` is the
     same transform under the name that says so.
     """
-    return _AddDecayedWeights(weight_decay=weight_decay)
+    return AddDecayedWeights(weight_decay=weight_decay)
 
 
 def add_l2(weight_decay: float = 0.0) -> Transform:
     """Coupled L2 regularization, ``g <- g + weight_decay * p``: put it first in a chain."""
-    return _AddDecayedWeights(weight_decay=weight_decay)
+    return AddDecayedWeights(weight_decay=weight_decay)
 
 
 class _Trace(GroupTransform):
