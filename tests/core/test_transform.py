@@ -38,7 +38,7 @@ def test_chain_flattens_nested_chains_and_deduplicates_namespaces():
     t = chain(inner, gradkit.trace(momentum=0.5), gradkit.scale_by_lr())
     assert t.namespaces == ["trace", "scale", "trace_1", "lr"]
     state = t.init([torch.zeros(2)])
-    assert set(state) == {"trace.momentum_buffer", "trace_1.momentum_buffer"}
+    assert set(state) == {"step", "trace.momentum_buffer", "trace_1.momentum_buffer"}
 
 
 def test_chain_rejects_conflicting_defaults_and_non_transforms():

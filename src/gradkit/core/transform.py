@@ -169,8 +169,10 @@ class Chain(Transform):
 
         Used standalone (outside an optimizer) the state also carries ``"step"``.
         """
-        hp = self.defaults if hp is None else hp
         state: State = {}
+        if hp is None:  # standalone: the chain counts its own steps
+            hp = self.defaults
+            state["step"] = [torch.zeros((), dtype=torch.float32) for _ in params]
         for ns, t in zip(self.namespaces, self.transforms, strict=True):
             for key, tensors in t.init(params, hp).items():
                 state[f"{ns}.{key}"] = tensors

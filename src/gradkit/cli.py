@@ -1,0 +1,45 @@
+"""The ``gradkit`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import gradkit.optim as go
+    from gradkit.demo import print_table, run_demo
+
+    valid = [i.name for i in go.available()]
+    chosen = [s.strip() for s in args.optimizers.split(",")] if args.optimizers else None
+    unknown = [n for n in chosen or () if n not in valid]
+    if unknown:
+        print(
+            f"gradkit demo: unknown optimizer(s) {', '.join(unknown)}; choose from: "
+            f"{', '.join(valid)}",
+            file=sys.stderr,
+        )
+        return 2
+    if args.epochs < 1:
+        print(f"gradkit demo: --epochs must be >= 1 (got {args.epochs})", file=sys.stderr)
+        return 2
+    results = run_demo(chosen, epochs=args.epochs, seed=args.seed)
+    print_table(results, args.epochs)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gradkit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="compare gradkit optimizers on scikit-learn's digits")
+    demo.add_argument("--optimizers", help="comma-separated names (default: all)")
+    demo.add_argument("--epochs", type=int, default=15)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=_demo)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
