@@ -74,6 +74,7 @@ def candidates() -> dict[str, Callable]:
         "torch SGD-m fused": lambda p: torch.optim.SGD(p, lr=1e-3, momentum=0.9, fused=True),
         "torch SGD-m foreach": lambda p: torch.optim.SGD(p, lr=1e-3, momentum=0.9, foreach=True),
     }
+    c["gradkit AdamW fused"] = lambda p: go.AdamW(p, lr=1e-3, fused=True)
     for info in go.available():
         kwargs = {"momentum": 0.9} if info.name in ("SGD", "SGDP") else {}
         c[f"gradkit {info.name}"] = lambda p, cls=info.cls, kw=kwargs: cls(p, lr=1e-3, **kw)

@@ -129,18 +129,43 @@ class ChainOptimizer(torch.optim.Optimizer):
         self._init_state(params, work, segments)
         step_tensors = [self.state[p]["step"] for p in params]
         torch._foreach_add_(step_tensors, 1.0)
+        if not self._fused_step(params, work, grads, segments):
+            self._run_chain(params, work, grads, segments, step_tensors)
+        for p, w in zip(params, work, strict=True):
+            if w is not p:
+                p.copy_(w)
+
+    def _run_chain(
+        self,
+        params: list[Tensor],
+        work: list[Tensor],
+        grads: list[Tensor],
+        segments: list[Segment],
+        step_tensors: list[Tensor],
+    ) -> None:
         steps = [int(s.item()) for s in step_tensors]
-        state = self._gather_state(params)
         ctx = Context(segments, steps, grads)
         body = self._body if self.fuse_apply else len(self.transform.transforms)
-        updates = self.transform.run(list(grads), state, work, ctx, body)
+        updates = self.transform.run(list(grads), self._gather_state(params), work, ctx, body)
         if body == len(self.transform.transforms):
             torch._foreach_add_(work, updates)
         else:
             self._apply_lr_step(work, updates, segments)
-        for p, w in zip(params, work, strict=True):
-            if w is not p:
-                p.copy_(w)
+
+    def _fused_step(
+        self,
+        params: list[Tensor],
+        work: list[Tensor],
+        grads: list[Tensor],
+        segments: list[Segment],
+    ) -> bool:
+        """Hook for a whole-step fused kernel: run it and return True, or return False.
+
+        Called after state exists and step counts are incremented. The kernel must produce the
+        same parameters and the same state (under the same keys) as the chain.
+        """
+        del params, work, grads, segments
+        return False
 
     def _apply_lr_step(
         self, work: list[Tensor], updates: list[Tensor], segments: list[Segment]
@@ -169,7 +194,9 @@ class ChainOptimizer(torch.optim.Optimizer):
             new = self.transform.init([work[i] for i in fresh], seg.hp)
             for j, i in enumerate(fresh):
                 entry = self.state[params[i]]
-                entry["step"] = torch.tensor(0.0, dtype=torch.float32)
+                # a fused kernel reads the step on the parameter's device (as torch's does)
+                device = params[i].device if seg.hp.get("fused") else None
+                entry["step"] = torch.tensor(0.0, dtype=torch.float32, device=device)
                 for key, tensors in new.items():
                     entry[key] = tensors[j]
 

@@ -93,12 +93,57 @@ def scale_by_adam(
 _ADAM_DOC_COMMON = """
     Matches ``torch.optim.{name}`` argument for argument and numerically (tested to 1e-6 over 100
     float32 steps). ``foreach`` is accepted for drop-in use; gradkit always runs multi-tensor
-    kernels. ``fused``, ``capturable`` and ``differentiable`` are accepted and rejected with a
-    clear error when set. One deliberate difference: ``eps`` must be > 0 (torch accepts 0).
+    kernels. ``fused=True`` runs torch's fused Adam kernel on the same state (same keys, same
+    checkpoints; it can't be combined with ``transforms``); the non-finite policy still applies.
+    ``capturable`` and ``differentiable`` are accepted and rejected with a clear error when set.
+    One deliberate difference: ``eps`` must be > 0 (torch accepts 0).
 
     gradkit extras: ``transforms=[...]`` runs extra gradient transforms (clipping, ...) before the
     update; ``nonfinite="skip" | "raise" | "apply"`` (see :class:`gradkit.ChainOptimizer`).
 """
+
+
+class _FusedAdamMixin(GradkitOptimizer):
+    """``fused=True``: the whole Adam/AdamW step in torch's fused kernel, on gradkit's state."""
+
+    def _fused_step(self, params, work, grads, segments):  # noqa: ANN001, ANN201
+        if not all(seg.hp.get("fused") for seg in segments):
+            return False
+        for seg in segments:
+            hp, sl = seg.hp, slice(seg.start, seg.stop)
+            states = [self.state[p] for p in params[sl]]
+            kernel = (
+                torch._fused_adamw_
+                if hp.get("decoupled_weight_decay", type(self) is AdamW)
+                else torch._fused_adam_
+            )
+            kernel(
+                work[sl],
+                grads[sl],
+                [s["adam.exp_avg"] for s in states],
+                [s["adam.exp_avg_sq"] for s in states],
+                [s["adam.max_exp_avg_sq"] for s in states] if hp["amsgrad"] else [],
+                [s["step"] for s in states],
+                amsgrad=hp["amsgrad"],
+                lr=float(hp["lr"]),
+                beta1=hp["betas"][0],
+                beta2=hp["betas"][1],
+                weight_decay=hp["weight_decay"],
+                eps=hp["eps"],
+                maximize=hp["maximize"],
+                grad_scale=None,
+                found_inf=None,
+            )
+        return True
+
+
+def _check_fused(fused: bool | None, transforms: Sequence[Transform] | None) -> bool:
+    if fused and transforms:
+        raise ValueError(
+            f"Invalid fused: {fused!r} with transforms={list(transforms)!r}; the fused kernel "
+            "runs Adam alone, so pass either fused=True or extra transforms"
+        )
+    return bool(fused)
 
 
 @register(
@@ -107,7 +152,7 @@ _ADAM_DOC_COMMON = """
     url="https://arxiv.org/abs/1412.6980",
     state_floats=2,
 )
-class Adam(GradkitOptimizer):
+class Adam(_FusedAdamMixin):
     __doc__ = r"""Adam (Kingma & Ba, 2015), with coupled L2 or decoupled weight decay and AMSGrad.
 
     .. math::
@@ -139,7 +184,7 @@ class Adam(GradkitOptimizer):
         transforms: Sequence[Transform] | None = None,
         nonfinite: str = "skip",
     ) -> None:
-        torch_only_flags("Adam", fused=fused, capturable=capturable, differentiable=differentiable)
+        torch_only_flags("Adam", fused=None, capturable=capturable, differentiable=differentiable)
         flag, d = "decoupled_weight_decay", decoupled_weight_decay
         core = [
             when(flag, add_l2(weight_decay), value=False, default=d),
@@ -151,6 +196,7 @@ class Adam(GradkitOptimizer):
             params, core, maximize=maximize, transforms=transforms, nonfinite=nonfinite,
             foreach=foreach, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
             amsgrad=amsgrad, decoupled_weight_decay=decoupled_weight_decay,
+            fused=_check_fused(fused, transforms),
         )  # fmt: skip
 
 
@@ -160,7 +206,7 @@ class Adam(GradkitOptimizer):
     url="https://arxiv.org/abs/1711.05101",
     state_floats=2,
 )
-class AdamW(GradkitOptimizer):
+class AdamW(_FusedAdamMixin):
     __doc__ = r"""AdamW: Adam with decoupled weight decay (Loshchilov & Hutter, 2019).
 
     .. math::
@@ -191,7 +237,7 @@ class AdamW(GradkitOptimizer):
         transforms: Sequence[Transform] | None = None,
         nonfinite: str = "skip",
     ) -> None:
-        torch_only_flags("AdamW", fused=fused, capturable=capturable, differentiable=differentiable)
+        torch_only_flags("AdamW", fused=None, capturable=capturable, differentiable=differentiable)
         core = [
             scale_by_adam(betas, eps, amsgrad),
             add_decayed_weights(weight_decay),
@@ -200,5 +246,5 @@ class AdamW(GradkitOptimizer):
         super().__init__(
             params, core, maximize=maximize, transforms=transforms, nonfinite=nonfinite,
             foreach=foreach, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-            amsgrad=amsgrad,
+            amsgrad=amsgrad, fused=_check_fused(fused, transforms),
         )  # fmt: skip
