@@ -106,7 +106,7 @@ _ADAM_DOC_COMMON = """
 class _FusedAdamMixin(GradkitOptimizer):
     """``fused=True``: the whole Adam/AdamW step in torch's fused kernel, on gradkit's state."""
 
-    def _fused_step(self, params, work, grads, segments):  # noqa: ANN001, ANN201
+    def _fused_step(self, params, work, grads, segments):
         if not all(seg.hp.get("fused") for seg in segments):
             return False
         for seg in segments:
