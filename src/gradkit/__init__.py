@@ -23,6 +23,7 @@ from gradkit.core import (
     when,
 )
 from gradkit.optim import scale_by_adam
+from gradkit.transforms import scale_by_trust_ratio
 
 __version__ = "0.1.0"
 
@@ -44,6 +45,7 @@ __all__ = [
     "scale",
     "scale_by_adam",
     "scale_by_lr",
+    "scale_by_trust_ratio",
     "trace",
     "when",
 ]

@@ -324,3 +324,14 @@ def test_fused_adam_equals_readable_path_and_shares_checkpoints(name, kwargs):
 def test_fused_with_transforms_is_rejected():
     with pytest.raises(ValueError, match="fused"):
         AdamW(_mlp().parameters(), fused=True, transforms=[gradkit.scale(0.5)])
+
+
+@pytest.mark.parametrize("policy", ["skip", "raise", "apply"])
+def test_zero_element_parameters_are_fine_under_every_policy(policy):
+    empty = torch.zeros(0, 3, requires_grad=True)
+    p = torch.ones(2, requires_grad=True)
+    opt = AdamW([empty, p], lr=0.1, nonfinite=policy)
+    empty.grad = torch.zeros(0, 3)
+    p.grad = torch.ones(2)
+    opt.step()
+    assert torch.all(p < 1) and empty.shape == (0, 3)

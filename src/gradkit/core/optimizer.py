@@ -14,7 +14,7 @@ from gradkit.core.validation import check_choice
 from gradkit.transforms.basic import AddDecayedWeights, ScaleByLR
 
 NONFINITE_POLICIES = ("skip", "raise", "apply")
-_LOW_PRECISION = (torch.bfloat16, torch.float16)
+LOW_PRECISION = (torch.bfloat16, torch.float16)
 # Group keys the adapter owns; they are not hyperparameters of any transform.
 _ADAPTER_KEYS = ("nonfinite", "foreach", "fused")
 
@@ -122,7 +122,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         return loss
 
     def _update(self, params: list[Tensor], grads: list[Tensor], segments: list[Segment]) -> None:
-        work = [p.float() if p.dtype in _LOW_PRECISION else p for p in params]
+        work = [p.float() if p.dtype in LOW_PRECISION else p for p in params]
         grads = [
             g if g.dtype == w.dtype else g.to(w.dtype) for g, w in zip(grads, work, strict=True)
         ]
@@ -213,12 +213,16 @@ class ChainOptimizer(torch.optim.Optimizer):
         policy = group["nonfinite"]
         if policy == "apply":
             return True
-        maxima = torch._foreach_norm(grads, float("inf"))
+        # empty tensors have no max norm (and nothing to corrupt): leave them out of the check
+        nonempty = [i for i, g in enumerate(grads) if g.numel()]
+        if not nonempty:
+            return True
+        maxima = torch._foreach_norm([grads[i] for i in nonempty], float("inf"))
         finite = torch.stack(maxima).isfinite()
         if bool(finite.all()):
             return True
         if policy == "raise":
-            bad = params[int((~finite).nonzero()[0])]
+            bad = params[nonempty[int((~finite).nonzero()[0])]]
             raise NonFiniteGradientError(
                 f"non-finite gradient in {_param_label(group, index, bad)}; nothing was updated "
                 "(pass nonfinite='skip' to skip such steps)"

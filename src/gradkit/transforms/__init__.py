@@ -8,5 +8,16 @@ from gradkit.transforms.basic import (
     scale_by_lr,
     trace,
 )
+from gradkit.transforms.trust_ratio import ScaleByTrustRatio, scale_by_trust_ratio, trust_ratios
 
-__all__ = ["add_decayed_weights", "add_l2", "maximize", "scale", "scale_by_lr", "trace"]
+__all__ = [
+    "ScaleByTrustRatio",
+    "add_decayed_weights",
+    "add_l2",
+    "maximize",
+    "scale",
+    "scale_by_lr",
+    "scale_by_trust_ratio",
+    "trace",
+    "trust_ratios",
+]
