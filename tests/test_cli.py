@@ -9,14 +9,14 @@ from gradkit.demo import run_demo
 
 
 def test_demo_trains_and_the_table_prints(capsys):
-    assert main(["demo", "--optimizers", "SGD,AdamW", "--epochs", "2"]) == 0
+    assert main(["demo", "--optimizers", "SGD,AdamW", "--epochs", "2", "--seeds", "2"]) == 0
     out = capsys.readouterr().out
     assert "SGD" in out and "AdamW" in out and "val acc" in out
 
 
 def test_demo_is_deterministic_and_learns():
-    a = run_demo(["AdamW"], epochs=3, seed=1)[0]
-    b = run_demo(["AdamW"], epochs=3, seed=1)[0]
+    a = run_demo(["AdamW"], epochs=3, seeds=[1])[0][0]
+    b = run_demo(["AdamW"], epochs=3, seeds=[1])[0][0]
     assert a.accuracy == b.accuracy and a.train_loss == b.train_loss
     assert a.accuracy > 0.8  # ten classes: chance is 0.1
     assert a.state_bytes_per_param == 8.0

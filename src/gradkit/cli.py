@@ -24,7 +24,10 @@ def _demo(args: argparse.Namespace) -> int:
     if args.epochs < 1:
         print(f"gradkit demo: --epochs must be >= 1 (got {args.epochs})", file=sys.stderr)
         return 2
-    results = run_demo(chosen, epochs=args.epochs, seed=args.seed)
+    if args.seeds < 1:
+        print(f"gradkit demo: --seeds must be >= 1 (got {args.seeds})", file=sys.stderr)
+        return 2
+    results = run_demo(chosen, epochs=args.epochs, seeds=range(args.seeds))
     print_table(results, args.epochs)
     return 0
 
@@ -35,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="compare gradkit optimizers on scikit-learn's digits")
     demo.add_argument("--optimizers", help="comma-separated names (default: all)")
     demo.add_argument("--epochs", type=int, default=15)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
     demo.set_defaults(func=_demo)
     args = parser.parse_args(argv)
     return args.func(args)
