@@ -335,3 +335,13 @@ def test_zero_element_parameters_are_fine_under_every_policy(policy):
     p.grad = torch.ones(2)
     opt.step()
     assert torch.all(p < 1) and empty.shape == (0, 3)
+
+
+def test_huge_finite_gradients_are_not_mistaken_for_nonfinite():
+    """The fast check's squared norm overflows for |g| ~ 1e20 in fp32; the exact re-check keeps
+    such a (finite) step."""
+    p = torch.zeros(4, requires_grad=True)
+    opt = SGD([p], lr=1e-20, nonfinite="raise")
+    p.grad = torch.full((4,), 1e20)
+    opt.step()
+    torch.testing.assert_close(p.detach(), torch.full((4,), -1.0))

@@ -217,12 +217,17 @@ class ChainOptimizer(torch.optim.Optimizer):
         nonempty = [i for i, g in enumerate(grads) if g.numel()]
         if not nonempty:
             return True
-        maxima = torch._foreach_norm([grads[i] for i in nonempty], float("inf"))
-        finite = torch.stack(maxima).isfinite()
-        if bool(finite.all()):
+        # The 2-norm is NaN/inf iff an entry is (or the squares overflow): one fast vectorized
+        # read; flagged tensors are re-checked exactly (ord=inf is ~10x slower on CPU).
+        norms = torch._foreach_norm([grads[i] for i in nonempty])
+        flagged = (~torch.stack(norms).isfinite()).nonzero().flatten().tolist()
+        bad_indices = [
+            nonempty[j] for j in flagged if not bool(grads[nonempty[j]].isfinite().all())
+        ]
+        if not bad_indices:
             return True
         if policy == "raise":
-            bad = params[nonempty[int((~finite).nonzero()[0])]]
+            bad = params[bad_indices[0]]
             raise NonFiniteGradientError(
                 f"non-finite gradient in {_param_label(group, index, bad)}; nothing was updated "
                 "(pass nonfinite='skip' to skip such steps)"
