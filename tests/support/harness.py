@@ -41,6 +41,22 @@ class Spec:
         return self.cls(params, **{**self.kwargs, **overrides})
 
 
+# Bad arguments every optimizer rejects (a spec adds its own on top).
+BAD_COMMON = [
+    ({"lr": -1.0}, "learning rate"),
+    ({"lr": float("nan")}, "learning rate"),
+    ({"weight_decay": -0.1}, "weight_decay"),
+    ({"nonfinite": "ignore"}, "nonfinite"),
+    ({"maximize": 1}, "maximize"),
+]
+BAD_BETAS_EPS = [
+    ({"betas": (1.0, 0.98)}, "index 0"),
+    ({"betas": (0.9, -0.1)}, "index 1"),
+    ({"betas": (0.9,)}, "betas"),
+    ({"eps": 0.0}, "eps"),
+    ({"eps": -1e-8}, "eps"),
+]
+
 SHAPES = [(5, 4), (7,), (3, 2, 2), (1,)]
 
 

@@ -11,22 +11,8 @@ from gradkit.optim.adamp import SGDP, AdamP
 from gradkit.optim.diffgrad import DiffGrad
 from gradkit.optim.grams import Grams
 from reference import adam_variants as ref
-from support.harness import Spec
+from support.harness import BAD_BETAS_EPS, BAD_COMMON, Spec
 
-BAD_COMMON = [
-    ({"lr": -1.0}, "learning rate"),
-    ({"lr": float("nan")}, "learning rate"),
-    ({"weight_decay": -0.1}, "weight_decay"),
-    ({"nonfinite": "ignore"}, "nonfinite"),
-    ({"maximize": 1}, "maximize"),
-]
-BAD_BETAS_EPS = [
-    ({"betas": (1.0, 0.999)}, "index 0"),
-    ({"betas": (0.9, -0.1)}, "index 1"),
-    ({"betas": (0.9,)}, "betas"),
-    ({"eps": 0.0}, "eps"),
-    ({"eps": -1e-8}, "eps"),
-]
 BAD_EPS_PLACEMENT = [({"eps_placement": "paper"}, "eps_placement")]
 BAD_PROJECTION = [
     ({"delta": -0.1}, "delta"),

@@ -9,19 +9,12 @@ checked against the reference in tests/optim/test_mars.py.
 from gradkit.optim.ademamix import AdEMAMix
 from gradkit.optim.mars import MARS
 from reference import ademamix_mars as ref
-from support.harness import Spec
+from support.harness import BAD_COMMON, Spec
 
-BAD_COMMON = [
-    ({"lr": -1.0}, "learning rate"),
-    ({"lr": float("nan")}, "learning rate"),
-    ({"weight_decay": -0.1}, "weight_decay"),
-    ({"nonfinite": "ignore"}, "nonfinite"),
-    ({"maximize": 1}, "maximize"),
-    ({"eps": 0.0}, "eps"),
-    ({"eps": -1e-8}, "eps"),
-]
+BAD_EPS = [({"eps": 0.0}, "eps"), ({"eps": -1e-8}, "eps")]
 BAD_ADEMAMIX = [
     *BAD_COMMON,
+    *BAD_EPS,
     ({"betas": (1.0, 0.999, 0.9999)}, "index 0"),
     ({"betas": (0.9, -0.1, 0.9999)}, "index 1"),
     ({"betas": (0.9, 0.999, 1.0)}, "index 2"),
@@ -35,6 +28,7 @@ BAD_ADEMAMIX = [
 ]
 BAD_MARS = [
     *BAD_COMMON,
+    *BAD_EPS,
     ({"betas": (1.0, 0.99)}, "index 0"),
     ({"betas": (0.95, 1.5)}, "index 1"),
     ({"gamma": -0.1}, "gamma"),

@@ -2,17 +2,10 @@
 
 import gradkit.optim as go
 from reference import classic as ref
-from support.harness import Spec
+from support.harness import BAD_BETAS_EPS, BAD_COMMON, Spec
 
 ADAM_STATE = {"adam.exp_avg": "m", "adam.exp_avg_sq": "v"}
-BAD_COMMON = [
-    ({"lr": -1.0}, "learning rate"),
-    ({"lr": float("nan")}, "learning rate"),
-    ({"weight_decay": -0.1}, "weight_decay"),
-    ({"nonfinite": "ignore"}, "nonfinite"),
-]
-BAD_ADAM = [*BAD_COMMON, ({"betas": (1.0, 0.999)}, "index 0"), ({"betas": (0.9, -0.1)}, "index 1"),
-            ({"eps": 0.0}, "eps"), ({"eps": -1e-8}, "eps")]  # fmt: skip
+BAD_ADAM = [*BAD_COMMON, *BAD_BETAS_EPS]
 
 SPECS = [
     Spec(go.SGD, dict(lr=0.1), ref.sgd, bad_args=BAD_COMMON, converge=dict(lr=0.05, rosen_lr=1e-3)),

@@ -9,22 +9,8 @@ from gradkit.optim.lamb import LAMB
 from gradkit.optim.lars import LARS
 from gradkit.optim.novograd import NovoGrad
 from reference import layerwise as ref
-from support.harness import Spec
+from support.harness import BAD_BETAS_EPS, BAD_COMMON, Spec
 
-BAD_COMMON = [
-    ({"lr": -1.0}, "learning rate"),
-    ({"lr": float("nan")}, "learning rate"),
-    ({"weight_decay": -0.1}, "weight_decay"),
-    ({"nonfinite": "ignore"}, "nonfinite"),
-    ({"maximize": 1}, "maximize"),
-]
-BAD_BETAS_EPS = [
-    ({"betas": (1.0, 0.98)}, "index 0"),
-    ({"betas": (0.9, -0.1)}, "index 1"),
-    ({"betas": (0.9,)}, "betas"),
-    ({"eps": 0.0}, "eps"),
-    ({"eps": -1e-8}, "eps"),
-]
 BAD_NOVOGRAD = [*BAD_COMMON, *BAD_BETAS_EPS, ({"grad_averaging": 1}, "grad_averaging")]
 BAD_LAMB = [
     *BAD_COMMON,

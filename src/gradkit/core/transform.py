@@ -31,6 +31,11 @@ State = dict[str, list[Tensor]]
 """Per-parameter state of one transform: state name -> one tensor per parameter."""
 
 
+def zeros_state(params: Sequence[Tensor], *names: str) -> State:
+    """``{name: [zeros_like(p) for p in params]}`` for each name: the usual fresh state."""
+    return {name: [torch.zeros_like(p) for p in params] for name in names}
+
+
 @dataclass(frozen=True)
 class Segment:
     """A contiguous run of parameters that share one hyperparameter mapping (a param group)."""

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradkit.core.transform import GroupTransform, State, Transform, when
+from gradkit.core.transform import GroupTransform, State, Transform, when, zeros_state
 from gradkit.core.validation import check_betas, check_bool, check_positive
 from gradkit.optim._base import GradkitOptimizer, Params, register, torch_only_flags
 from gradkit.transforms.basic import add_decayed_weights, add_l2, scale_by_lr
@@ -53,13 +53,8 @@ class ScaleByAdam(GroupTransform):
         check_bool(hp, "amsgrad")
 
     def init(self, params: Sequence[Tensor], hp: Mapping[str, Any]) -> State:
-        state = {
-            "exp_avg": [torch.zeros_like(p) for p in params],
-            "exp_avg_sq": [torch.zeros_like(p) for p in params],
-        }
-        if hp["amsgrad"]:
-            state["max_exp_avg_sq"] = [torch.zeros_like(p) for p in params]
-        return state
+        names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+        return zeros_state(params, *names[: 3 if hp["amsgrad"] else 2])
 
     def update_group(self, updates, state, params, hp, steps, grads):
         b1, b2 = hp["betas"]

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradkit.core.transform import GroupTransform, State, Transform
+from gradkit.core.transform import GroupTransform, State, Transform, zeros_state
 from gradkit.core.validation import (
     check_betas,
     check_bool,
@@ -145,10 +145,7 @@ class ScaleByAdamP(GroupTransform):
         check_bool(hp, "nesterov")
 
     def init(self, params: Sequence[Tensor], hp: Mapping[str, Any]) -> State:
-        return {
-            "exp_avg": [torch.zeros_like(p) for p in params],
-            "exp_avg_sq": [torch.zeros_like(p) for p in params],
-        }
+        return zeros_state(params, "exp_avg", "exp_avg_sq")
 
     def update_group(self, updates, state, params, hp, steps, grads):
         b1, b2 = hp["betas"]

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradkit.core.transform import GroupTransform, State, Transform
+from gradkit.core.transform import GroupTransform, State, Transform, zeros_state
 from gradkit.core.validation import check_betas, check_positive
 from gradkit.optim._base import GradkitOptimizer, Params, register
 from gradkit.optim._eps_placement import check_eps_placement, denominator
@@ -38,11 +38,7 @@ class ScaleByDiffGrad(GroupTransform):
         check_eps_placement(hp)
 
     def init(self, params: Sequence[Tensor], hp: Mapping[str, Any]) -> State:
-        return {
-            "exp_avg": [torch.zeros_like(p) for p in params],
-            "exp_avg_sq": [torch.zeros_like(p) for p in params],
-            "previous_grad": [torch.zeros_like(p) for p in params],
-        }
+        return zeros_state(params, "exp_avg", "exp_avg_sq", "previous_grad")
 
     def update_group(self, updates, state, params, hp, steps, grads):
         b1, b2 = hp["betas"]

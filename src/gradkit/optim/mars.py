@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from gradkit.core.optimizer import LOW_PRECISION, NonFiniteGradientError
-from gradkit.core.transform import GroupTransform, Segment, State, Transform
+from gradkit.core.transform import GroupTransform, Segment, State, Transform, zeros_state
 from gradkit.core.validation import (
     check_betas,
     check_bool,
@@ -80,8 +80,7 @@ class ScaleByMARS(GroupTransform):
             return torch.zeros_like(p) if uses_mars(p, hp) else p.new_empty(0)
 
         state = {
-            "exp_avg": [torch.zeros_like(p) for p in params],
-            "exp_avg_sq": [torch.zeros_like(p) for p in params],
+            **zeros_state(params, "exp_avg", "exp_avg_sq"),
             "last_grad": [correction_buffer(p) for p in params],
         }
         if hp["exact"]:

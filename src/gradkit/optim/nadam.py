@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradkit.core.transform import GroupTransform, State, Transform, when
+from gradkit.core.transform import GroupTransform, State, Transform, when, zeros_state
 from gradkit.core.validation import check_betas, check_nonnegative, check_positive
 from gradkit.optim._base import GradkitOptimizer, Params, register, torch_only_flags
 from gradkit.optim.adam import bias_corrections, update_moments
@@ -33,8 +33,7 @@ class ScaleByNAdam(GroupTransform):
 
     def init(self, params: Sequence[Tensor], hp: Mapping[str, Any]) -> State:
         return {
-            "exp_avg": [torch.zeros_like(p) for p in params],
-            "exp_avg_sq": [torch.zeros_like(p) for p in params],
+            **zeros_state(params, "exp_avg", "exp_avg_sq"),
             # a float64 scalar: the running product of mu_t, kept exact for the references
             "mu_product": [torch.ones((), dtype=torch.float64) for _ in params],
         }

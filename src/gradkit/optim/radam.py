@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradkit.core.transform import GroupTransform, State, Transform, when
+from gradkit.core.transform import GroupTransform, State, Transform, when, zeros_state
 from gradkit.core.validation import check_betas, check_positive
 from gradkit.optim._base import GradkitOptimizer, Params, register, torch_only_flags
 from gradkit.optim.adam import bias_corrections, update_moments
@@ -37,10 +37,7 @@ class ScaleByRAdam(GroupTransform):
         check_positive(hp, "eps")
 
     def init(self, params: Sequence[Tensor], hp: Mapping[str, Any]) -> State:
-        return {
-            "exp_avg": [torch.zeros_like(p) for p in params],
-            "exp_avg_sq": [torch.zeros_like(p) for p in params],
-        }
+        return zeros_state(params, "exp_avg", "exp_avg_sq")
 
     def update_group(self, updates, state, params, hp, steps, grads):
         b1, b2 = hp["betas"]
