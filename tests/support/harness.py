@@ -29,7 +29,7 @@ class Spec:
     # learning rate (and extra kwargs) for the convergence smoke tests; None skips them
     converge: dict[str, Any] | None = None
     id: str = ""
-    # reference needs the whole parameter list at once (layer-wise methods don't; kept for MARS)
+    # absolute and relative tolerance of the float64 reference comparison
     ref_tolerance: float = 1e-10
 
     def __post_init__(self) -> None:
