@@ -23,7 +23,7 @@ from gradkit.core import (
     when,
 )
 from gradkit.optim import scale_by_adam
-from gradkit.transforms import scale_by_trust_ratio
+from gradkit.transforms import cautious, newton_schulz, orthogonalize, scale_by_trust_ratio
 
 __version__ = "0.1.0"
 
@@ -39,9 +39,12 @@ __all__ = [
     "__version__",
     "add_decayed_weights",
     "add_l2",
+    "cautious",
     "chain",
     "maximize",
+    "newton_schulz",
     "optim",
+    "orthogonalize",
     "scale",
     "scale_by_adam",
     "scale_by_lr",

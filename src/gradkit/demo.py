@@ -39,8 +39,25 @@ DEMO_LR: dict[str, float] = {
     "NovoGrad": 1e-2,
     "LAMB": 1e-2,
     "LARS": 1.0,
+    "Lion": 3e-4,
+    "SignSGD": 1e-3,
+    "Signum": 1e-3,
+    "Muon": 2e-2,
+    "AuON": 5e-2,
+    "DropMuon": 2e-2,
+    "Sophia": 1e-3,
+    "OASIS": 0.1,
+    "Gravity": 0.1,
+    "InducedMetric": 0.1,
+    "XGrad": 1e-3,
 }
-DEMO_EXTRA: dict[str, dict[str, Any]] = {"SGD": {"momentum": 0.9}, "SGDP": {"momentum": 0.9}}
+DEMO_EXTRA: dict[str, dict[str, Any]] = {
+    "SGD": {"momentum": 0.9},
+    "SGDP": {"momentum": 0.9},
+    # OASIS's adaptive step assumes full-batch gradients and alpha=1e-5 lets near-zero curvature
+    # of a ReLU net blow steps up: on minibatches, the paper's fixed-step variant with alpha=0.1
+    "OASIS": {"adaptive_lr": False, "alpha": 0.1},
+}
 TARGET_ACCURACY = 0.95
 
 
@@ -85,6 +102,16 @@ def _state_bytes_per_param(opt: torch.optim.Optimizer, model: torch.nn.Module) -
     return total / sum(p.numel() for p in model.parameters())
 
 
+def _refresh_curvature(opt: torch.optim.Optimizer, batch_loss: Any, model: torch.nn.Module) -> None:
+    """Sophia and OASIS need a diagonal-Hessian estimate: one Hutchinson probe when due."""
+    if not hasattr(opt, "update_hessian") or not getattr(opt, "hessian_due", lambda: True)():
+        return
+    params = list(model.parameters())
+    opt.update_hessian(
+        go.hutchinson_diagonal(batch_loss, params, generator=opt.hessian_generator())
+    )
+
+
 def train_one(name: str, epochs: int = 15, seed: int = 0, batch_size: int = 64) -> DemoResult:
     """Train the demo MLP with one optimizer; deterministic given ``seed``."""
     x_tr, y_tr, x_va, y_va = load_digits_split(seed)
@@ -99,10 +126,18 @@ def train_one(name: str, epochs: int = 15, seed: int = 0, batch_size: int = 64) 
         perm = torch.randperm(len(x_tr), generator=order)
         for i in range(0, len(x_tr), batch_size):
             idx = perm[i : i + batch_size]
-            opt.zero_grad()
-            loss = loss_fn(model(x_tr[idx]), y_tr[idx])
-            loss.backward()
-            opt.step()
+
+            def batch_loss(idx: torch.Tensor = idx) -> torch.Tensor:
+                return loss_fn(model(x_tr[idx]), y_tr[idx])
+
+            def closure(batch_loss=batch_loss) -> torch.Tensor:
+                opt.zero_grad()
+                value = batch_loss()
+                value.backward()
+                return value
+
+            _refresh_curvature(opt, batch_loss, model)
+            loss = opt.step(closure)  # closures let XGrad evaluate at its predicted weights
             steps += 1
         seconds += time.perf_counter() - start
         with torch.no_grad():
