@@ -143,3 +143,36 @@ def test_property_any_shape_dtype_and_zero_gradients(shape, dtype, zero, name):
     assert torch.isfinite(p.float()).all()
     if zero:
         assert torch.equal(p.detach(), start)
+
+
+def test_update_stage_transforms_go_after_the_update_rule():
+    """AdamW(transforms=[cautious()]) == chain(adam, cautious, decay, lr); clipping goes first."""
+    g = torch.Generator().manual_seed(0)
+    p = torch.randn(6, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    q = p.detach().clone().requires_grad_()
+    ours = gradkit.optim.AdamW([p], lr=0.1, weight_decay=0.0, transforms=[gradkit.cautious()])
+    names = [type(t).__name__ for t in ours.transform.transforms]
+    assert names.index("Cautious") == names.index("ScaleByAdam") + 1
+    manual = ChainOptimizer(
+        [q],
+        chain(
+            gradkit.scale_by_adam(),
+            gradkit.cautious(),
+            gradkit.add_decayed_weights(),
+            gradkit.scale_by_lr(),
+        ),
+        lr=0.1,
+    )
+    for _ in range(4):
+        grad = torch.randn(6, 5, generator=g, dtype=torch.float64)
+        before = p.detach().clone()
+        p.grad, q.grad = grad.clone(), grad.clone()
+        ours.step()
+        manual.step()
+        assert torch.equal(p, q)
+        assert bool(((p.detach() - before) * grad <= 0).all())  # never climbs the gradient
+
+
+def test_update_stage_transform_needs_a_learning_rate_tail():
+    with pytest.raises(ValueError, match="update-stage"):
+        gradkit.optim.LARS([torch.zeros(3, requires_grad=True)], transforms=[gradkit.cautious()])

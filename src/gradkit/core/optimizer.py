@@ -78,7 +78,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             )
         defaults = {**self.transform.defaults, **hyperparams, "nonfinite": nonfinite}
         self._validate(defaults)
-        self._body, self._decay = _fused_tail(self.transform)
+        self._body, self._decay = split_lr_tail(self.transform)
         self._warned_nonfinite = False
         super().__init__(params, defaults)
 
@@ -268,8 +268,8 @@ class ChainOptimizer(torch.optim.Optimizer):
         return f"{type(self).__name__}({self.transform!r})"
 
 
-def _fused_tail(chain_: Chain) -> tuple[int, Transform | None]:
-    """How many leading transforms to run before the adapter applies the lr step itself.
+def split_lr_tail(chain_: Chain) -> tuple[int, Transform | None]:
+    """How many leading transforms come before the chain's trailing ``[decay ->] scale_by_lr``.
 
     A chain ending in ``scale_by_lr`` (optionally preceded by decoupled weight decay) is applied
     by :meth:`ChainOptimizer._apply_lr_step`; any other chain's updates are added as they are.

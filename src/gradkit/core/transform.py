@@ -75,6 +75,10 @@ class Transform:
     """
 
     name: str = "transform"
+    stage: str = "gradient"
+    """Where a transform passed through an optimizer's ``transforms=`` goes: ``"gradient"``
+    (before the update rule, e.g. clipping) or ``"update"`` (after the update rule, before the
+    trailing ``[decay ->] scale_by_lr``, e.g. cautious masking)."""
 
     def __init__(self, **defaults: Any) -> None:
         self.defaults: dict[str, Any] = dict(defaults)

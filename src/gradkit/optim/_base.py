@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from gradkit.core.optimizer import ChainOptimizer
+from gradkit.core.optimizer import ChainOptimizer, split_lr_tail
 from gradkit.core.transform import Transform, chain
 from gradkit.transforms.basic import maximize as _maximize
 
@@ -37,11 +37,33 @@ class GradkitOptimizer(ChainOptimizer):
         foreach: bool | None = None,
         **hyperparams: Any,
     ) -> None:
-        pre = list(transforms or ())
-        full = chain(_maximize(maximize), *pre, *core)
+        full = chain(_maximize(maximize), *place_transforms(core, transforms or ()))
         super().__init__(
             params, full, nonfinite=nonfinite, maximize=maximize, foreach=foreach, **hyperparams
         )
+
+
+def place_transforms(core: Sequence[Transform], extra: Sequence[Transform]) -> list[Transform]:
+    """Insert the user's ``transforms=`` into a named optimizer's chain by their ``stage``.
+
+    ``"gradient"`` transforms (clipping, ...) go before the update rule; ``"update"`` transforms
+    (cautious masking, ...) go after it, right before the trailing ``[decay ->] scale_by_lr``.
+    """
+    before = [t for t in extra if t.stage == "gradient"]
+    after = [t for t in extra if t.stage == "update"]
+    unknown = [t for t in extra if t.stage not in ("gradient", "update")]
+    if unknown:
+        raise ValueError(f"Invalid transforms: {unknown!r} (stage must be 'gradient' or 'update')")
+    leaves = chain(*core).transforms if core else []
+    if not after:
+        return [*before, *leaves]
+    tail, _ = split_lr_tail(chain(*leaves))
+    if tail == len(leaves):
+        raise ValueError(
+            f"Invalid transforms: {after!r}; this optimizer's chain does not end in a learning-rate "
+            "step, so there is no place for update-stage transforms (build a chain instead)"
+        )
+    return [*before, *leaves[:tail], *after, *leaves[tail:]]
 
 
 def torch_only_flags(

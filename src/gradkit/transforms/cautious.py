@@ -35,6 +35,7 @@ from gradkit.core.validation import check_bool
 
 class Cautious(GroupTransform):
     name = "cautious"
+    stage = "update"  # via an optimizer's transforms=: placed after its update rule
 
     def update_group(self, updates, state, params, hp, steps, grads):
         # the chain's updates descend -g under maximize=True; compare with that gradient
