@@ -345,3 +345,21 @@ def test_huge_finite_gradients_are_not_mistaken_for_nonfinite():
     p.grad = torch.full((4,), 1e20)
     opt.step()
     torch.testing.assert_close(p.detach(), torch.full((4,), -1.0))
+
+
+def test_transforms_see_parameter_names():
+    seen = []
+
+    class Record(gradkit.GroupTransform):
+        name = "record"
+
+        def update(self, updates, state, params, ctx):
+            seen.append([ctx.name(i) for i in range(len(updates))])
+            return updates
+
+    model = _mlp()
+    opt = ChainOptimizer(
+        model.named_parameters(), gradkit.chain(Record(), gradkit.scale_by_lr()), lr=0.1
+    )
+    _train(model, opt, steps=1)
+    assert seen == [["0.weight", "0.bias", "2.weight", "2.bias"]]

@@ -107,6 +107,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         params: list[Tensor] = []
         grads: list[Tensor] = []
         segments: list[Segment] = []
+        names: list[str | None] = []
         for index, group in enumerate(self.param_groups):
             group_params, group_grads = _with_grads(group)
             if not group_params or not self._gradients_usable(
@@ -116,12 +117,19 @@ class ChainOptimizer(torch.optim.Optimizer):
             start = len(params)
             params += group_params
             grads += group_grads
+            names += _names(group, group_params)
             segments.append(Segment(start, len(params), group))
         if params:
-            self._update(params, grads, segments)
+            self._update(params, grads, segments, names)
         return loss
 
-    def _update(self, params: list[Tensor], grads: list[Tensor], segments: list[Segment]) -> None:
+    def _update(
+        self,
+        params: list[Tensor],
+        grads: list[Tensor],
+        segments: list[Segment],
+        names: list[str | None] | None = None,
+    ) -> None:
         work = [p.float() if p.dtype in LOW_PRECISION else p for p in params]
         grads = [
             g if g.dtype == w.dtype else g.to(w.dtype) for g, w in zip(grads, work, strict=True)
@@ -130,7 +138,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         step_tensors = [self.state[p]["step"] for p in params]
         torch._foreach_add_(step_tensors, 1.0)
         if not self._fused_step(params, work, grads, segments):
-            self._run_chain(params, work, grads, segments, step_tensors)
+            self._run_chain(params, work, grads, segments, step_tensors, names or [])
         for p, w in zip(params, work, strict=True):
             if w is not p:
                 p.copy_(w)
@@ -142,9 +150,10 @@ class ChainOptimizer(torch.optim.Optimizer):
         grads: list[Tensor],
         segments: list[Segment],
         step_tensors: list[Tensor],
+        names: list[str | None],
     ) -> None:
         steps = [int(s.item()) for s in step_tensors]
-        ctx = Context(segments, steps, grads)
+        ctx = Context(segments, steps, grads, names=names)
         body = self._body if self.fuse_apply else len(self.transform.transforms)
         updates = self.transform.run(list(grads), self._gather_state(params), work, ctx, body)
         if body == len(self.transform.transforms):
@@ -306,6 +315,14 @@ def _with_grads(group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
         params.append(p)
         grads.append(p.grad)
     return params, grads
+
+
+def _names(group: dict[str, Any], params: list[Tensor]) -> list[str | None]:
+    names = group.get("param_names")
+    if not names:
+        return [None] * len(params)
+    by_id = {id(p): n for p, n in zip(group["params"], names, strict=True)}
+    return [by_id[id(p)] for p in params]
 
 
 def _param_label(group: dict[str, Any], index: int, param: Tensor) -> str:

@@ -53,12 +53,18 @@ class Context:
         segments: contiguous runs of parameters sharing hyperparameters (one per param group).
         steps: per-parameter step count, 1 at the first update of that parameter.
         grads: the incoming gradients (read-only; after the adapter's dtype handling).
+        names: per-parameter names when the optimizer was given ``named_parameters()`` (else
+            ``None`` entries), for transforms that select parameters by name.
     """
 
     segments: list[Segment]
     steps: list[int]
     grads: list[Tensor]
     extras: dict[str, Any] = field(default_factory=dict)
+    names: list[str | None] = field(default_factory=list)
+
+    def name(self, index: int) -> str | None:
+        return self.names[index] if index < len(self.names) else None
 
     def iter_segments(self) -> Iterator[tuple[slice, Mapping[str, Any]]]:
         for seg in self.segments:
