@@ -12,6 +12,8 @@ from gradkit.core import (
     GroupTransform,
     NonFiniteGradientError,
     Segment,
+    SpikeGuard,
+    StepGuard,
     Transform,
     add_decayed_weights,
     add_l2,
@@ -23,7 +25,13 @@ from gradkit.core import (
     when,
 )
 from gradkit.optim import scale_by_adam
-from gradkit.transforms import cautious, newton_schulz, orthogonalize, scale_by_trust_ratio
+from gradkit.transforms import (
+    apply_if_finite,
+    cautious,
+    newton_schulz,
+    orthogonalize,
+    scale_by_trust_ratio,
+)
 
 __version__ = "0.1.0"
 
@@ -35,9 +43,12 @@ __all__ = [
     "GroupTransform",
     "NonFiniteGradientError",
     "Segment",
+    "SpikeGuard",
+    "StepGuard",
     "Transform",
     "__version__",
     "add_decayed_weights",
+    "apply_if_finite",
     "add_l2",
     "cautious",
     "chain",

@@ -1,6 +1,14 @@
 """gradkit's core: the Transform protocol, ``chain``, and the torch.optim adapter."""
 
-from gradkit.core.optimizer import NONFINITE_POLICIES, ChainOptimizer, NonFiniteGradientError
+from gradkit.core.guards import (
+    GroupGrads,
+    NonFiniteGradientError,
+    NonFiniteGuard,
+    SpikeGuard,
+    StepGuard,
+    nonfinite_indices,
+)
+from gradkit.core.optimizer import NONFINITE_POLICIES, ChainOptimizer
 from gradkit.core.transform import (
     Chain,
     Context,
@@ -27,7 +35,12 @@ __all__ = [
     "Chain",
     "ChainOptimizer",
     "Context",
+    "GroupGrads",
     "GroupTransform",
+    "NonFiniteGuard",
+    "SpikeGuard",
+    "StepGuard",
+    "nonfinite_indices",
     "NonFiniteGradientError",
     "Segment",
     "State",

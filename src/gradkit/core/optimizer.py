@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from gradkit.core.guards import GroupGrads, NonFiniteGuard, StepGuard
 from gradkit.core.transform import Chain, Context, Segment, Transform, When, chain
 from gradkit.core.validation import check_choice
 from gradkit.transforms.basic import AddDecayedWeights, ScaleByLR
@@ -17,10 +19,6 @@ NONFINITE_POLICIES = ("skip", "raise", "apply")
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 # Group keys the adapter owns; they are not hyperparameters of any transform.
 _ADAPTER_KEYS = ("nonfinite", "foreach", "fused")
-
-
-class NonFiniteGradientError(FloatingPointError):
-    """Raised under ``nonfinite="raise"`` when a gradient holds NaN or inf."""
 
 
 class ChainOptimizer(torch.optim.Optimizer):
@@ -79,7 +77,10 @@ class ChainOptimizer(torch.optim.Optimizer):
         defaults = {**self.transform.defaults, **hyperparams, "nonfinite": nonfinite}
         self._validate(defaults)
         self._body, self._decay = split_lr_tail(self.transform)
-        self._warned_nonfinite = False
+        self.guards: list[StepGuard] = [NonFiniteGuard()]
+        self.skip_log: deque[dict[str, Any]] = deque(maxlen=1000)
+        self._warned: set[str] = set()
+        self._step_count = 0
         super().__init__(params, defaults)
 
     # -- construction ---------------------------------------------------------------------
@@ -95,7 +96,18 @@ class ChainOptimizer(torch.optim.Optimizer):
         except ValueError:
             self.param_groups.pop()
             raise
-        group.setdefault("nonfinite_skips", 0)
+        for guard in getattr(self, "guards", [NonFiniteGuard()]):
+            group.setdefault(f"{guard.name}_skips", 0)
+
+    def add_guard(self, guard: StepGuard) -> StepGuard:
+        """Run ``guard`` after the built-in non-finite check on every step (see
+        :mod:`gradkit.core.guards`); returns it. Its state is saved in ``state_dict()``."""
+        if any(g.name == guard.name for g in self.guards):
+            raise ValueError(f"a guard named {guard.name!r} is already registered")
+        self.guards.append(guard)
+        for group in self.param_groups:
+            group.setdefault(f"{guard.name}_skips", 0)
+        return guard
 
     # -- the step -------------------------------------------------------------------------
     @torch.no_grad()
@@ -104,24 +116,59 @@ class ChainOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._step_count += 1
+        candidates = []
+        for index, group in enumerate(self.param_groups):
+            group_params, group_grads = _with_grads(group)
+            if group_params:
+                candidates.append(GroupGrads(index, group, group_params, group_grads))
+        skipped = self._run_guards(candidates, loss)
         params: list[Tensor] = []
         grads: list[Tensor] = []
         segments: list[Segment] = []
         names: list[str | None] = []
-        for index, group in enumerate(self.param_groups):
-            group_params, group_grads = _with_grads(group)
-            if not group_params or not self._gradients_usable(
-                index, group, group_params, group_grads
-            ):
+        for gg in candidates:
+            if gg.index in skipped:
                 continue
             start = len(params)
-            params += group_params
-            grads += group_grads
-            names += _names(group, group_params)
-            segments.append(Segment(start, len(params), group))
+            params += gg.params
+            grads += gg.grads
+            names += _names(gg.group, gg.params)
+            segments.append(Segment(start, len(params), gg.group))
         if params:
             self._update(params, grads, segments, names)
         return loss
+
+    def _run_guards(self, candidates: list[GroupGrads], loss: Any) -> set[int]:
+        """Ask every guard in turn; record, count and warn (once per guard) for each skip."""
+        value = float(loss) if isinstance(loss, (Tensor, float, int)) else None
+        skipped: set[int] = set()
+        for guard in self.guards:
+            active = [gg for gg in candidates if gg.index not in skipped]
+            if not active:
+                break
+            for index, reason in guard.check(active, value).items():
+                skipped.add(index)
+                group = self.param_groups[index]
+                group[f"{guard.name}_skips"] = group.get(f"{guard.name}_skips", 0) + 1
+                self.skip_log.append(
+                    {
+                        "step": self._step_count,
+                        "group": index,
+                        "guard": guard.name,
+                        "reason": reason,
+                    }
+                )
+                if guard.name not in self._warned:
+                    self._warned.add(guard.name)
+                    warnings.warn(
+                        f"{reason}: step skipped for that group (parameters and state untouched; "
+                        f"see group['{guard.name}_skips'] and optimizer.skip_log). "
+                        "This warning is shown once.",
+                        RuntimeWarning,
+                        stacklevel=4,
+                    )
+        return skipped
 
     def _update(
         self,
@@ -216,44 +263,17 @@ class ChainOptimizer(torch.optim.Optimizer):
         keys.pop("step", None)
         return {k: [self.state[p].get(k) for p in params] for k in keys}  # type: ignore[misc]
 
-    def _gradients_usable(
-        self, index: int, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]
-    ) -> bool:
-        policy = group["nonfinite"]
-        if policy == "apply":
-            return True
-        # empty tensors have no max norm (and nothing to corrupt): leave them out of the check
-        nonempty = [i for i, g in enumerate(grads) if g.numel()]
-        if not nonempty:
-            return True
-        # The 2-norm is NaN/inf iff an entry is (or the squares overflow): one fast vectorized
-        # read; flagged tensors are re-checked exactly (ord=inf is ~10x slower on CPU).
-        norms = torch._foreach_norm([grads[i] for i in nonempty])
-        flagged = (~torch.stack(norms).isfinite()).nonzero().flatten().tolist()
-        bad_indices = [
-            nonempty[j] for j in flagged if not bool(grads[nonempty[j]].isfinite().all())
-        ]
-        if not bad_indices:
-            return True
-        if policy == "raise":
-            bad = params[bad_indices[0]]
-            raise NonFiniteGradientError(
-                f"non-finite gradient in {_param_label(group, index, bad)}; nothing was updated "
-                "(pass nonfinite='skip' to skip such steps)"
-            )
-        group["nonfinite_skips"] += 1
-        if not self._warned_nonfinite:
-            self._warned_nonfinite = True
-            warnings.warn(
-                f"non-finite gradient in param group {index}: step skipped for that group "
-                "(parameters and state untouched; see group['nonfinite_skips']). "
-                "This warning is shown once.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        return False
-
     # -- checkpoints ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state dict plus a ``"gradkit"`` entry: guard state, skip log, step count."""
+        sd = super().state_dict()
+        sd["gradkit"] = {
+            "guards": {g.name: g.state_dict() for g in self.guards},
+            "skip_log": list(self.skip_log),
+            "step_count": self._step_count,
+        }
+        return sd
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load like torch, but keep each state tensor's saved dtype.
 
@@ -261,6 +281,12 @@ class ChainOptimizer(torch.optim.Optimizer):
         bf16 parameters; resuming must be bit-exact, so the saved dtype wins.
         """
         super().load_state_dict(state_dict)
+        extra = state_dict.get("gradkit", {})
+        for guard in self.guards:
+            if guard.name in extra.get("guards", {}):
+                guard.load_state_dict(extra["guards"][guard.name])
+        self.skip_log = deque(extra.get("skip_log", []), maxlen=self.skip_log.maxlen)
+        self._step_count = extra.get("step_count", 0)
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         for saved_id, p in zip(saved_ids, params, strict=True):
@@ -323,12 +349,3 @@ def _names(group: dict[str, Any], params: list[Tensor]) -> list[str | None]:
         return [None] * len(params)
     by_id = {id(p): n for p, n in zip(group["params"], names, strict=True)}
     return [by_id[id(p)] for p in params]
-
-
-def _param_label(group: dict[str, Any], index: int, param: Tensor) -> str:
-    position = next(i for i, q in enumerate(group["params"]) if q is param)
-    names = group.get("param_names")
-    shape = tuple(param.shape)
-    if names:
-        return f"parameter {names[position]!r} (group {index}, shape {shape})"
-    return f"param_groups[{index}]['params'][{position}] (shape {shape})"

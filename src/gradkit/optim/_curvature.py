@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F  # noqa: N812
 
-from gradkit.core.optimizer import LOW_PRECISION, ChainOptimizer, NonFiniteGradientError
+from gradkit.core.guards import NonFiniteGradientError, nonfinite_indices
+from gradkit.core.optimizer import LOW_PRECISION, ChainOptimizer
 from gradkit.core.transform import Segment, Transform
 
 Estimates = Mapping[Tensor, Tensor | None] | Sequence[Tensor | None]
@@ -257,11 +258,7 @@ class DiagonalHessianOptimizer:
     def _estimates_usable(self, index: int, group: Mapping[str, Any], ests: list[Tensor]) -> bool:
         if group["nonfinite"] == "apply":
             return True
-        nonempty = [e for e in ests if e.numel()]
-        if not nonempty:
-            return True
-        finite = torch.stack(torch._foreach_norm(nonempty, float("inf"))).isfinite()
-        if bool(finite.all()):
+        if not nonfinite_indices(ests):
             return True
         message = f"non-finite Hessian estimate in param group {index}"
         if group["nonfinite"] == "raise":

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradkit.core.optimizer import LOW_PRECISION, NonFiniteGradientError
+from gradkit.core.guards import NonFiniteGradientError, nonfinite_indices
+from gradkit.core.optimizer import LOW_PRECISION
 from gradkit.core.transform import GroupTransform, Segment, State, Transform, zeros_state
 from gradkit.core.validation import (
     check_betas,
@@ -346,10 +347,10 @@ class MARS(GradkitOptimizer):
     ) -> None:
         if group["nonfinite"] == "apply":
             return
-        finite = torch.stack(torch._foreach_norm(grads, float("inf"))).isfinite()
-        if bool(finite.all()):
+        bad = nonfinite_indices(grads)
+        if not bad:
             return
-        position = int((~finite).nonzero()[0])
+        position = bad[0]
         message = f"non-finite gradient in param_groups[{index}] (tensor {position} recorded)"
         if group["nonfinite"] == "raise":
             raise NonFiniteGradientError(f"{message} in record_next_grad(); nothing was recorded")

@@ -9,6 +9,7 @@ from gradkit.transforms.basic import (
     trace,
 )
 from gradkit.transforms.cautious import Cautious, cautious, cautious_if_flagged
+from gradkit.transforms.finite import ApplyIfFinite, apply_if_finite
 from gradkit.transforms.orthogonalize import (
     NS_PRESETS,
     Orthogonalize,
@@ -19,6 +20,8 @@ from gradkit.transforms.orthogonalize import (
 from gradkit.transforms.trust_ratio import ScaleByTrustRatio, scale_by_trust_ratio, trust_ratios
 
 __all__ = [
+    "ApplyIfFinite",
+    "apply_if_finite",
     "NS_PRESETS",
     "Cautious",
     "Orthogonalize",
