@@ -25,6 +25,7 @@ from gradkit.core import (
     when,
 )
 from gradkit.optim import scale_by_adam
+from gradkit.safe_step import SafeStep, binary_exact_radius, logit_range_radius, softmax_radius
 from gradkit.transforms import (
     apply_if_finite,
     cautious,
@@ -42,12 +43,15 @@ __all__ = [
     "Context",
     "GroupTransform",
     "NonFiniteGradientError",
+    "SafeStep",
     "Segment",
     "SpikeGuard",
     "StepGuard",
     "Transform",
     "__version__",
     "add_decayed_weights",
+    "binary_exact_radius",
+    "logit_range_radius",
     "apply_if_finite",
     "add_l2",
     "cautious",
@@ -60,6 +64,7 @@ __all__ = [
     "scale_by_adam",
     "scale_by_lr",
     "scale_by_trust_ratio",
+    "softmax_radius",
     "trace",
     "when",
 ]
