@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from gradkit.cli import main
 from gradkit.demo import run_demo
@@ -34,3 +35,9 @@ def test_bad_input_is_one_line_error(argv, needles, capsys):
     err = capsys.readouterr().err
     assert all(n in err for n in needles), err
     assert err.count("\n") == 1
+
+
+def test_demo_restores_denormal_flushing():
+    torch.set_flush_denormal(False)
+    run_demo(["SGD"], epochs=1, seeds=[0])
+    assert float(torch.tensor(1e-40) * 1.0) != 0.0

@@ -3,7 +3,7 @@
 The public API is flat: ``gradkit.chain``, ``gradkit.scale_by_lr``, ``gradkit.optim.AdamW``, ...
 """
 
-from gradkit import optim
+from gradkit import optim, schedules
 from gradkit.core import (
     NONFINITE_POLICIES,
     Chain,
@@ -27,21 +27,33 @@ from gradkit.core import (
 from gradkit.optim import scale_by_adam
 from gradkit.safe_step import SafeStep, binary_exact_radius, logit_range_radius, softmax_radius
 from gradkit.transforms import (
+    adaptive_grad_clip,
     apply_if_finite,
     cautious,
+    centralize,
+    clip_by_global_norm,
+    clip_by_norm,
+    clip_by_pixel_norm,
+    clip_by_value,
+    drop_top_fraction,
+    keep_top_fraction,
+    limit_norm_growth,
+    masked,
     newton_schulz,
+    normalize,
     orthogonalize,
+    partition,
     scale_by_trust_ratio,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "NONFINITE_POLICIES",
     "Chain",
     "ChainOptimizer",
     "Context",
     "GroupTransform",
+    "NONFINITE_POLICIES",
     "NonFiniteGradientError",
     "SafeStep",
     "Segment",
@@ -49,21 +61,34 @@ __all__ = [
     "StepGuard",
     "Transform",
     "__version__",
+    "adaptive_grad_clip",
     "add_decayed_weights",
-    "binary_exact_radius",
-    "logit_range_radius",
-    "apply_if_finite",
     "add_l2",
+    "apply_if_finite",
+    "binary_exact_radius",
     "cautious",
+    "centralize",
     "chain",
+    "clip_by_global_norm",
+    "clip_by_norm",
+    "clip_by_pixel_norm",
+    "clip_by_value",
+    "drop_top_fraction",
+    "keep_top_fraction",
+    "limit_norm_growth",
+    "logit_range_radius",
+    "masked",
     "maximize",
     "newton_schulz",
+    "normalize",
     "optim",
     "orthogonalize",
+    "partition",
     "scale",
     "scale_by_adam",
     "scale_by_lr",
     "scale_by_trust_ratio",
+    "schedules",
     "softmax_radius",
     "trace",
     "when",

@@ -152,10 +152,23 @@ def train_one(name: str, epochs: int = 15, seed: int = 0, batch_size: int = 64) 
 def run_demo(
     optimizers: Sequence[str] | None = None, epochs: int = 15, seeds: Sequence[int] = (0, 1, 2)
 ) -> list[list[DemoResult]]:
-    """Train every optimizer on every seed; one list of per-seed results per optimizer."""
-    torch.set_flush_denormal(True)  # CPU denormals otherwise distort timings (DESIGN.md §6)
-    names = list(optimizers) if optimizers else [i.name for i in go.available()]
-    return [[train_one(name, epochs, seed) for seed in seeds] for name in names]
+    """Train every optimizer on every seed; one list of per-seed results per optimizer.
+
+    Denormals are flushed while it runs (CPU denormals otherwise distort timings, DESIGN.md §6);
+    the previous setting is restored afterwards.
+    """
+    was_flushing = _flushes_denormals()
+    torch.set_flush_denormal(True)
+    try:
+        names = list(optimizers) if optimizers else [i.name for i in go.available()]
+        return [[train_one(name, epochs, seed) for seed in seeds] for name in names]
+    finally:
+        torch.set_flush_denormal(was_flushing)
+
+
+def _flushes_denormals() -> bool:
+    """torch has no getter: a denormal survives a multiplication by 1 unless flushing is on."""
+    return bool((torch.tensor(1e-40, dtype=torch.float32) * 1.0) == 0)
 
 
 def print_table(results: Sequence[Sequence[DemoResult]], epochs: int) -> None:

@@ -83,8 +83,9 @@ class Transform:
     name: str = "transform"
     stage: str = "gradient"
     """Where a transform passed through an optimizer's ``transforms=`` goes: ``"gradient"``
-    (before the update rule, e.g. clipping) or ``"update"`` (after the update rule, before the
-    trailing ``[decay ->] scale_by_lr``, e.g. cautious masking)."""
+    (before the update rule, e.g. clipping), ``"update"`` (after the update rule, before the
+    trailing ``[decay ->] scale_by_lr``, e.g. cautious masking) or ``"wrap"`` (wraps each
+    transform of the update rule through its ``wrap(inner)`` method, e.g. momentum reset)."""
 
     def __init__(self, **defaults: Any) -> None:
         self.defaults: dict[str, Any] = dict(defaults)
@@ -170,7 +171,7 @@ class Chain(Transform):
             leaves += t.leaves()
         self.transforms = leaves
         self.namespaces = _unique_namespaces(leaves)
-        super().__init__(**_merge_defaults(leaves, self.namespaces))
+        super().__init__(**merge_defaults(leaves, self.namespaces))
 
     def leaves(self) -> list[Transform]:
         return list(self.transforms)
@@ -294,7 +295,7 @@ def _unique_namespaces(leaves: list[Transform]) -> list[str]:
     return names
 
 
-def _merge_defaults(leaves: list[Transform], namespaces: list[str]) -> dict[str, Any]:
+def merge_defaults(leaves: list[Transform], namespaces: list[str]) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     owner: dict[str, str] = {}
     for ns, t in zip(namespaces, leaves, strict=True):

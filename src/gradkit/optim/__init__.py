@@ -48,6 +48,7 @@ from gradkit.optim.signum import (
     scale_by_sign,
 )
 from gradkit.optim.sophia import ScaleBySophia, Sophia, scale_by_sophia
+from gradkit.optim.spam import SPAM, ScaleBySpamAdam, StableSPAM, scale_by_spam
 from gradkit.optim.xgrad import XGrad
 
 __all__ = [
@@ -78,6 +79,7 @@ __all__ = [
     "RMSprop",
     "SGD",
     "SGDP",
+    "SPAM",
     "ScaleByAdEMAMix",
     "ScaleByAdaMomentum",
     "ScaleByAdagrad",
@@ -101,9 +103,11 @@ __all__ = [
     "ScaleBySGDP",
     "ScaleBySign",
     "ScaleBySophia",
+    "ScaleBySpamAdam",
     "SignSGD",
     "Signum",
     "Sophia",
+    "StableSPAM",
     "XGrad",
     "alpha_scheduler",
     "available",
@@ -127,4 +131,5 @@ __all__ = [
     "scale_by_oasis",
     "scale_by_sign",
     "scale_by_sophia",
+    "scale_by_spam",
 ]

@@ -47,23 +47,31 @@ def place_transforms(core: Sequence[Transform], extra: Sequence[Transform]) -> l
     """Insert the user's ``transforms=`` into a named optimizer's chain by their ``stage``.
 
     ``"gradient"`` transforms (clipping, ...) go before the update rule; ``"update"`` transforms
-    (cautious masking, ...) go after it, right before the trailing ``[decay ->] scale_by_lr``.
+    (cautious masking, ...) go after it, right before the trailing ``[decay ->] scale_by_lr``;
+    ``"wrap"`` transforms (momentum reset) wrap each transform of the update rule.
     """
     before = [t for t in extra if t.stage == "gradient"]
     after = [t for t in extra if t.stage == "update"]
-    unknown = [t for t in extra if t.stage not in ("gradient", "update")]
+    wrappers = [t for t in extra if t.stage == "wrap"]
+    unknown = [t for t in extra if t.stage not in ("gradient", "update", "wrap")]
     if unknown:
-        raise ValueError(f"Invalid transforms: {unknown!r} (stage must be 'gradient' or 'update')")
+        raise ValueError(
+            f"Invalid transforms: {unknown!r} (stage must be 'gradient', 'update' or 'wrap')"
+        )
     leaves = chain(*core).transforms if core else []
-    if not after:
+    if not after and not wrappers:
         return [*before, *leaves]
     tail, _ = split_lr_tail(chain(*leaves))
     if tail == len(leaves):
         raise ValueError(
-            f"Invalid transforms: {after!r}; this optimizer's chain does not end in a learning-rate "
-            "step, so there is no place for update-stage transforms (build a chain instead)"
+            f"Invalid transforms: {[*after, *wrappers]!r}; this optimizer's chain does not end in a "
+            "learning-rate step, so there is no place for update-stage or wrapping transforms "
+            "(build a chain instead)"
         )
-    return [*before, *leaves[:tail], *after, *leaves[tail:]]
+    body = leaves[:tail]
+    for wrapper in wrappers:  # "wrap" transforms (momentum reset) wrap each update-rule transform
+        body = [wrapper.wrap(t) for t in body]
+    return [*before, *body, *after, *leaves[tail:]]
 
 
 def torch_only_flags(
