@@ -3,7 +3,7 @@
 The public API is flat: ``gradkit.chain``, ``gradkit.scale_by_lr``, ``gradkit.optim.AdamW``, ...
 """
 
-from gradkit import optim, schedules
+from gradkit import multitask, optim, schedules
 from gradkit.core import (
     NONFINITE_POLICIES,
     Chain,
@@ -79,6 +79,7 @@ __all__ = [
     "logit_range_radius",
     "masked",
     "maximize",
+    "multitask",
     "newton_schulz",
     "normalize",
     "optim",
