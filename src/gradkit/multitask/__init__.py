@@ -5,10 +5,14 @@ any aggregator also works on a ready Jacobian: ``d = UPGrad()(J)`` with ``J`` of
 """
 
 from gradkit.multitask._base import Aggregator, WeightedAggregator
+from gradkit.multitask.aligned_mtl import AlignedMTL
 from gradkit.multitask.basic import Mean, Sum
+from gradkit.multitask.bloop import Bloop
 from gradkit.multitask.cagrad import CAGrad
+from gradkit.multitask.gradvac import GradVac
 from gradkit.multitask.imtlg import IMTLG
 from gradkit.multitask.jacobian import backward, jacobian
+from gradkit.multitask.loss_weighting import DWA, RLW, LossWeighting, UncertaintyWeighting
 from gradkit.multitask.metrics import (
     conflict_fraction,
     conflict_metrics,
@@ -16,18 +20,29 @@ from gradkit.multitask.metrics import (
     magnitude_similarity_matrix,
 )
 from gradkit.multitask.mgda import MGDA
+from gradkit.multitask.nash_mtl import NashMTL
 from gradkit.multitask.pcgrad import PCGrad
+from gradkit.multitask.sam_gs import SAMGS
 from gradkit.multitask.upgrad import UPGrad
 
 __all__ = [
-    "IMTLG",
-    "MGDA",
     "Aggregator",
+    "AlignedMTL",
+    "Bloop",
     "CAGrad",
+    "DWA",
+    "GradVac",
+    "IMTLG",
+    "LossWeighting",
+    "MGDA",
     "Mean",
+    "NashMTL",
     "PCGrad",
+    "RLW",
+    "SAMGS",
     "Sum",
     "UPGrad",
+    "UncertaintyWeighting",
     "WeightedAggregator",
     "backward",
     "conflict_fraction",
