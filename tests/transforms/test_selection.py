@@ -27,6 +27,31 @@ def backward(model, seed, scale=1.0):
     model(x).square().sum().backward()
 
 
+def run_and_resume(make):
+    """Six steps straight vs three, save, reload into fresh objects, three more: bit-exact.
+
+    Returns the straight run's model and optimizer for further checks."""
+    model, opt = make()
+    for t in range(6):
+        backward(model, t, scale=1 + t % 3)
+        opt.step()
+    straight = [p.detach().clone() for p in model.parameters()]
+    resumed, r_opt = make()
+    for t in range(3):
+        backward(resumed, t, scale=1 + t % 3)
+        r_opt.step()
+    saved, weights = copy.deepcopy(r_opt.state_dict()), copy.deepcopy(resumed.state_dict())
+    resumed, r_opt = make()
+    resumed.load_state_dict(weights)
+    r_opt.load_state_dict(saved)
+    for t in range(3, 6):
+        backward(resumed, t, scale=1 + t % 3)
+        r_opt.step()
+    for p, q in zip(resumed.parameters(), straight, strict=True):
+        assert torch.equal(p.detach(), q)
+    return model, opt
+
+
 @pytest.mark.parametrize(
     "mask",
     [
@@ -77,28 +102,10 @@ def test_unselected_parameters_keep_no_state_and_resume_is_bit_exact():
         )
         return model, opt
 
-    model, opt = make()
-    for t in range(6):
-        backward(model, t, scale=1 + t % 3)
-        opt.step()
-    straight = [p.detach().clone() for p in model.parameters()]
+    model, opt = run_and_resume(make)
     for n, p in model.named_parameters():
         prev = opt.state[p]["norm_growth.prev_norm"]
         assert (prev.numel() == 0) == n.endswith("bias")
-
-    model, opt = make()
-    for t in range(3):
-        backward(model, t, scale=1 + t % 3)
-        opt.step()
-    saved, weights = copy.deepcopy(opt.state_dict()), copy.deepcopy(model.state_dict())
-    model, opt = make()
-    model.load_state_dict(weights)
-    opt.load_state_dict(saved)
-    for t in range(3, 6):
-        backward(model, t, scale=1 + t % 3)
-        opt.step()
-    for p, q in zip(model.parameters(), straight, strict=True):
-        assert torch.equal(p.detach(), q)
 
 
 def test_masked_adam_inside_a_chain_keeps_moments_only_where_selected():
@@ -213,25 +220,7 @@ def test_partition_by_name_with_pass_through_and_resume():
         )
         return model, gradkit.optim.AdamW(model.named_parameters(), transforms=[t])
 
-    model, opt = make()
-    for t in range(6):
-        backward(model, t, scale=1 + t % 3)
-        opt.step()
-    straight = [p.detach().clone() for p in model.parameters()]
-
-    model, opt = make()
-    for t in range(3):
-        backward(model, t, scale=1 + t % 3)
-        opt.step()
-    saved, weights = copy.deepcopy(opt.state_dict()), copy.deepcopy(model.state_dict())
-    model, opt = make()
-    model.load_state_dict(weights)
-    opt.load_state_dict(saved)
-    for t in range(3, 6):
-        backward(model, t, scale=1 + t % 3)
-        opt.step()
-    for p, q in zip(model.parameters(), straight, strict=True):
-        assert torch.equal(p.detach(), q)
+    run_and_resume(make)
 
 
 def test_partition_pass_through_route_leaves_updates_unchanged():
