@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from gradkit.multitask import (
@@ -38,3 +39,19 @@ def test_conflict_metrics_single_task_and_values():
     assert metrics["conflict_fraction"] == 1 / 3
     assert metrics["cosine_min"] == -1.0
     assert math.isclose(metrics["magnitude_similarity_min"], 0.8, rel_tol=1e-6)
+
+
+def test_delta_m_both_conventions_by_hand():
+    from gradkit.multitask import delta_m
+
+    results = {"seg": {"miou": 0.40, "pix": 0.60}, "depth": {"abs": 0.70}}
+    base = {"seg": {"miou": 0.50, "pix": 0.60}, "depth": {"abs": 0.50}}
+    hib = {"seg": {"miou": True, "pix": True}, "depth": {"abs": False}}
+    # per metric: miou +20% worse, pix 0, abs +40% worse -> mean over metrics 20%
+    assert abs(delta_m(results, base, hib) - 20.0) < 1e-9
+    # per task: seg mean 10%, depth 40% -> mean over tasks 25%
+    assert abs(delta_m(results, base, hib, average="task") - 25.0) < 1e-9
+    with pytest.raises(ValueError, match="average"):
+        delta_m(results, base, hib, average="median")
+    with pytest.raises(ValueError, match="layout"):
+        delta_m(results, {"seg": {"miou": 0.5}}, hib)

@@ -9,14 +9,17 @@ from gradkit.multitask.aligned_mtl import AlignedMTL
 from gradkit.multitask.basic import Mean, Sum
 from gradkit.multitask.bloop import Bloop
 from gradkit.multitask.cagrad import CAGrad
+from gradkit.multitask.gcond import GCond
+from gradkit.multitask.gradnorm import GradNorm
 from gradkit.multitask.gradvac import GradVac
 from gradkit.multitask.imtlg import IMTLG
-from gradkit.multitask.jacobian import backward, jacobian
-from gradkit.multitask.loss_weighting import DWA, RLW, LossWeighting, UncertaintyWeighting
+from gradkit.multitask.jacobian import TaskGradientAccumulator, backward, jacobian, write_direction
+from gradkit.multitask.loss_weighting import DWA, IGB, RLW, LossWeighting, UncertaintyWeighting
 from gradkit.multitask.metrics import (
     conflict_fraction,
     conflict_metrics,
     cosine_matrix,
+    delta_m,
     magnitude_similarity_matrix,
 )
 from gradkit.multitask.mgda import MGDA
@@ -31,7 +34,10 @@ __all__ = [
     "Bloop",
     "CAGrad",
     "DWA",
+    "GCond",
+    "GradNorm",
     "GradVac",
+    "IGB",
     "IMTLG",
     "LossWeighting",
     "MGDA",
@@ -41,6 +47,7 @@ __all__ = [
     "RLW",
     "SAMGS",
     "Sum",
+    "TaskGradientAccumulator",
     "UPGrad",
     "UncertaintyWeighting",
     "WeightedAggregator",
@@ -48,6 +55,8 @@ __all__ = [
     "conflict_fraction",
     "conflict_metrics",
     "cosine_matrix",
+    "delta_m",
     "jacobian",
     "magnitude_similarity_matrix",
+    "write_direction",
 ]

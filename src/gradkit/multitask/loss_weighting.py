@@ -208,3 +208,78 @@ class RLW(LossWeighting):
             raise ValueError("RLW state has no 'generator' entry")
         else:
             self.generator.set_state(state["generator"])
+
+
+class IGB(LossWeighting):
+    r"""Improvable Gap Balancing (IGBv1): weight each log-loss by its remaining "improvable gap".
+
+    Dai, Fei & Liu, "Improvable Gap Balancing for Multi-Task Learning", UAI 2023,
+    arXiv:2307.15429; official code https://github.com/YanqiDai/IGB4MTL
+    (``methods/loss_weight_methods.py``, ``ImprovableGapBalancing_v1``). Until the base losses
+    are known all weights are 1; afterwards, at every call,
+
+    .. math:: L = \sum_i w_i \log L_i,\qquad w = m\,\mathrm{softmax}\!\big(L(t) / L_{base}\big)
+
+    with :math:`L(t)` the current (detached) losses and :math:`L_{base}` the mean training loss
+    of epoch ``base_epoch`` (0-based). Call :meth:`end_epoch` after each epoch (it records the
+    epoch's mean from the accumulated calls, or the averages you pass).
+
+    :param num_tasks: number of losses :math:`m` (losses must be positive: the objective uses
+        :math:`\log L_i`).
+    :param base_epoch: epoch whose mean losses become :math:`L_{base}` (default ``1``, official
+        ``--base_epoch``; epochs 0 and 1 use unit weights).
+
+    IGBv2 (a SAC reinforcement-learning agent choosing the weights) is not included.
+    State: buffers ``base_losses`` (NaN until set), ``num_epochs``, running epoch sums.
+    """
+
+    def __init__(self, num_tasks: int, base_epoch: int = 1):
+        super().__init__(num_tasks)
+        check_number("base_epoch", base_epoch, low=0, integer=True)
+        self.base_epoch = base_epoch
+        nan = torch.full((num_tasks,), float("nan"), dtype=torch.float64)
+        self.register_buffer("base_losses", nan)
+        self.register_buffer("num_epochs", torch.zeros((), dtype=torch.long))
+        self.register_buffer("epoch_sum", torch.zeros(num_tasks, dtype=torch.float64))
+        self.register_buffer("epoch_count", torch.zeros((), dtype=torch.long))
+
+    def _arguments(self) -> dict[str, Any]:
+        return {"num_tasks": self.num_tasks, "base_epoch": self.base_epoch}
+
+    def weights(self, losses: Tensor) -> Tensor:
+        """The weights for the (detached) current ``losses`` (float64, shape ``[m]``)."""
+        if torch.isnan(self.base_losses).any():
+            return torch.ones(self.num_tasks, dtype=torch.float64, device=losses.device)
+        gap = losses.detach().to(self.base_losses) / self.base_losses
+        return self.num_tasks * torch.softmax(gap, dim=0)
+
+    def forward(self, losses: Sequence[Tensor] | Tensor) -> Tensor:
+        stacked = _stack_losses(losses, self.num_tasks)
+        if not bool((stacked.detach() > 0).all()):
+            raise ValueError(f"IGB needs positive losses, got {stacked.detach().tolist()}")
+        self.epoch_sum += stacked.detach().to(self.epoch_sum)
+        self.epoch_count += 1
+        w = self.weights(stacked).to(stacked.dtype)
+        self.last_weights = w
+        return (w * torch.log(stacked)).sum()
+
+    def end_epoch(self, epoch_losses: Sequence[float] | Tensor | None = None) -> None:
+        """Close an epoch; after epoch ``base_epoch`` its mean losses become the base."""
+        if epoch_losses is None:
+            if int(self.epoch_count) == 0:
+                raise ValueError("IGB.end_epoch: no losses were seen this epoch")
+            avg = self.epoch_sum / self.epoch_count
+        else:
+            avg = torch.as_tensor(epoch_losses, dtype=torch.float64).to(self.epoch_sum.device)
+            if avg.shape != (self.num_tasks,):
+                raise ValueError(
+                    f"Invalid epoch_losses: expected {self.num_tasks} values, "
+                    f"got shape {tuple(avg.shape)}"
+                )
+        if int(self.num_epochs) == self.base_epoch:
+            if not bool((avg > 0).all()):
+                raise ValueError(f"Invalid base losses: {avg.tolist()} (must be positive)")
+            self.base_losses.copy_(avg)
+        self.num_epochs += 1
+        self.epoch_sum.zero_()
+        self.epoch_count.zero_()

@@ -72,3 +72,58 @@ def conflict_metrics(matrix: Tensor) -> dict[str, float]:
         "magnitude_similarity_min": float(pair_sim.min()),
         "magnitude_similarity_mean": float(pair_sim.mean()),
     }
+
+
+def delta_m(
+    results: dict[str, dict[str, float]] | list[list[float]],
+    baseline: dict[str, dict[str, float]] | list[list[float]],
+    higher_is_better: dict[str, dict[str, bool]] | list[list[bool]],
+    *,
+    average: str = "metric",
+) -> float:
+    r"""Relative degradation of a multi-task model against single-task baselines, in percent.
+
+    With :math:`M_{t,k}` the multi-task model's metric :math:`k` of task :math:`t`, :math:`B_{t,k}`
+    the single-task baseline's and :math:`\delta_{t,k} = 1` when higher is better:
+
+    * ``average="metric"`` (Nash-MTL / CAGrad code, ``delta_fn``; Maninis et al. 2019): the mean
+      over **all metrics** of :math:`(-1)^{\delta}(M - B)/B`, times 100;
+    * ``average="task"`` (LibMTL's ``count_improvement`` with its sign flipped back): the mean
+      over metrics within each task, then over tasks, times 100.
+
+    **Lower is better** in both (negative = the multi-task model beats the baselines; LibMTL
+    reports the negation, as a fraction). ``results``/``baseline``/``higher_is_better`` are
+    nested ``{task: {metric: value}}`` dicts (or lists of per-task lists) with the same layout.
+
+    Example:
+        >>> d = delta_m({"a": {"acc": 0.9}, "b": {"err": 0.2}},
+        ...             {"a": {"acc": 1.0}, "b": {"err": 0.25}},
+        ...             {"a": {"acc": True}, "b": {"err": False}})
+        >>> round(d, 6)  # (+10% worse accuracy, -20% error) / 2
+        -5.0
+    """
+    if average not in ("metric", "task"):
+        raise ValueError(f"Invalid average: {average!r} (choose 'metric' or 'task')")
+
+    def rows(x):
+        if isinstance(x, dict):
+            return [list(v.values()) if isinstance(v, dict) else list(v) for v in x.values()]
+        return [list(r) for r in x]
+
+    res, base, hib = rows(results), rows(baseline), rows(higher_is_better)
+    if not res or [len(r) for r in res] != [len(r) for r in base] or [len(r) for r in res] != [
+        len(r) for r in hib
+    ]:
+        raise ValueError("results, baseline and higher_is_better must have the same layout")
+    per_task = []
+    for m_row, b_row, h_row in zip(res, base, hib, strict=True):
+        terms = []
+        for m, b, h in zip(m_row, b_row, h_row, strict=True):
+            if b == 0:
+                raise ValueError("a baseline metric is 0: relative change undefined")
+            terms.append((-1.0 if h else 1.0) * (m - b) / abs(b))
+        per_task.append(terms)
+    if average == "metric":
+        flat = [t for terms in per_task for t in terms]
+        return 100.0 * sum(flat) / len(flat)
+    return 100.0 * sum(sum(t) / len(t) for t in per_task) / len(per_task)
