@@ -157,6 +157,19 @@ def test_non_conflicting(aggregator, matrix):
     assert bool((matrix @ d >= -slack).all())
 
 
+@pytest.mark.parametrize("c", [1.0, 1.5])
+@settings(max_examples=40, deadline=None)
+@given(matrix=matrices(), zero_row=st.booleans())
+def test_cagrad_non_conflicting_for_c_at_least_one(c, matrix, zero_row):
+    # c >= 1 makes d = 0 feasible in max_d min_i <g_i, d> s.t. |d - g0| <= c |g0|, so the optimum
+    # has no conflict; SLSQP solves the dual to ~1e-6 relative accuracy
+    if zero_row:
+        matrix[0] = 0.0
+    d = CAGrad(c=c, rescale=0)(matrix)
+    trace = (matrix**2).sum().item()
+    assert bool((matrix @ d >= -1e-4 * trace - 1e-9).all())
+
+
 def test_imtlg_non_conflicting_when_gradients_independent():
     # IMTL-G gives every unit gradient the same projection c; with linearly independent rows and
     # positive weights (as here) c > 0; it does not hold in general (weights can be negative)

@@ -34,10 +34,13 @@ class CAGrad(Aggregator):
     :param rescale: ``0``: ``d``; ``1``: ``d / (1 + c^2)`` (official ``nyuv2/utils.py`` default and
         LibMTL); ``2``: ``d / (1 + c)`` (official ``toy.py``). Default 1.
 
-    Choices: we divide :math:`G` by its trace before the solve (same minimiser up to the
-    ``1e-8`` guards) and use ``ftol=1e-12`` so the result does not depend on the gradient scale
-    (the official code solves on the raw :math:`G` with SLSQP defaults). The official code adds ``1e-8`` inside the square roots and to ``|g_w|``; we keep
-    the same guards so zero gradients give a zero direction. The official training loops
+    Choices: we divide :math:`G` by its trace before the solve (same minimiser) and use
+    ``ftol=1e-12`` so the result does not depend on the gradient scale (the official code solves
+    on the raw :math:`G` with SLSQP defaults and ``1e-8`` inside the square root; ours is
+    ``1e-12``, so a degenerate :math:`g_w` is resolved to ~1e-6). Zero task gradients are left out
+    of the dual (they make the objective flat), and when :math:`g_w \approx 0` (0 in the convex
+    hull of the gradients) the direction is 0, as TorchJD — the official code returns
+    :math:`g_0` there, which conflicts with some task even for :math:`c \ge 1`. The official training loops
     multiply the result by ``m`` ("to match the sum loss"); we return the mean-scale direction —
     multiply by ``m`` yourself to reproduce that. Requires scipy.
     """
@@ -53,7 +56,12 @@ class CAGrad(Aggregator):
         return {"c": self.c, "rescale": self.rescale}
 
     def simplex_weights(self, matrix: Tensor) -> Tensor:
-        """The dual solution :math:`w^*` (on the simplex)."""
+        r"""The dual solution :math:`w^*` (on the simplex).
+
+        Zero rows get weight 0 and are left out of the dual: a zero task gradient makes the
+        max-min objective flat (its inner product with any direction is 0), and putting weight on
+        it only shrinks :math:`g_w` toward 0, where the direction :math:`g_w/\|g_w\|` is
+        undefined. The primal optimum over the other tasks is unchanged."""
         from scipy.optimize import minimize
 
         m = matrix.shape[0]
@@ -61,27 +69,38 @@ class CAGrad(Aggregator):
         trace = gram.trace()
         if trace > 0:  # same minimiser; makes SLSQP's absolute tolerance scale-free
             gram = gram / trace
+        active = np.flatnonzero(gram.diagonal() > 1e-20)
+        weights = np.zeros(m)
+        if active.size == 0:
+            return torch.as_tensor(weights, dtype=matrix.dtype, device=matrix.device)
         g0_norm = np.sqrt(gram.mean() + 1e-8)
         radius = self.c * g0_norm + 1e-8
-        mean_row = gram.mean(axis=1)  # G 1 / m
+        mean_row = gram[active].mean(axis=1)  # (G 1 / m) on the active rows
+        sub = gram[np.ix_(active, active)]
 
         def objective(w: np.ndarray) -> float:
-            return float(w @ mean_row + radius * np.sqrt(w @ gram @ w + 1e-8))
+            return float(w @ mean_row + radius * np.sqrt(w @ sub @ w + 1e-12))
 
-        start = np.full(m, 1.0 / m)
+        k = active.size
         result = minimize(
             objective,
-            start,
-            bounds=[(0.0, 1.0)] * m,
+            np.full(k, 1.0 / k),
+            bounds=[(0.0, 1.0)] * k,
             constraints=({"type": "eq", "fun": lambda w: 1.0 - w.sum()},),
             method="SLSQP",
             options={"ftol": 1e-12, "maxiter": 200},
         )
-        return torch.as_tensor(result.x, dtype=matrix.dtype, device=matrix.device)
+        weights[active] = result.x
+        return torch.as_tensor(weights, dtype=matrix.dtype, device=matrix.device)
 
     def aggregate(self, matrix: Tensor) -> Tensor:
         w = self.simplex_weights(matrix)
         g_w = w @ matrix
+        if g_w.norm() <= 1e-5 * matrix.norm():
+            # 0 lies in the convex hull of the gradients (Pareto-stationary point): g_w/|g_w| is
+            # undefined. Return 0 as TorchJD does (for c >= 1 it is the max-min optimum); the
+            # official code's 1e-4 guard returns the mean gradient g0 instead, which conflicts.
+            return torch.zeros_like(g_w)
         g0 = matrix.mean(0)
         g0_norm = (g0 @ g0 + 1e-8).sqrt()
         lam = (self.c * g0_norm + 1e-8) / (g_w.norm() + 1e-8)
