@@ -89,4 +89,4 @@ def test_same_arguments_and_defaults_as_torch(name):
         if param.default is not inspect.Parameter.empty and arg not in ("foreach", "fused"):
             assert ours[arg].default == param.default, arg
     extra = set(ours) - set(theirs)
-    assert extra <= {"transforms", "nonfinite"}, extra
+    assert extra <= {"transforms", "nonfinite", "state_dtype"}, extra

@@ -16,9 +16,12 @@ from gradkit.core.validation import check_choice
 from gradkit.transforms.basic import AddDecayedWeights, ScaleByLR
 
 NONFINITE_POLICIES = ("skip", "raise", "apply")
+STATE_DTYPES = ("fp32", "bf16", "q8")
 LOW_PRECISION = (torch.bfloat16, torch.float16)
+# Storage-policy group keys besides ``state_dtype`` (see gradkit.memory.storage), optional.
+_STORAGE_KEYS = ("state_block_size", "state_min_numel", "state_chunk_numel", "stochastic_rounding")
 # Group keys the adapter owns; they are not hyperparameters of any transform.
-_ADAPTER_KEYS = ("nonfinite", "foreach", "fused")
+_ADAPTER_KEYS = ("nonfinite", "foreach", "fused", "state_dtype", *_STORAGE_KEYS)
 
 
 class ChainOptimizer(torch.optim.Optimizer):
@@ -41,8 +44,16 @@ class ChainOptimizer(torch.optim.Optimizer):
             naming the parameter; nothing is modified), or ``"apply"`` (no check, fastest).
         **hyperparams: values overriding the transforms' defaults for every group.
 
-    Parameters in bfloat16/float16 are updated through an fp32 copy and keep fp32 state.
-    Parameters without ``.grad`` are skipped; sparse gradients raise ``RuntimeError``.
+        state_dtype: how state tensors are stored: ``"fp32"`` (default), ``"bf16"`` (stochastic
+            rounding on write) or ``"q8"`` (block-wise 8-bit); also a param-group key. The update
+            rule always computes in fp32; see :mod:`gradkit.memory.storage` for the details and
+            the optional group keys ``state_block_size``, ``state_min_numel``,
+            ``state_chunk_numel`` and ``stochastic_rounding``.
+
+    Parameters in bfloat16/float16 are updated through an fp32 copy and keep fp32 state (or the
+    ``state_dtype`` policy's); with the group key ``stochastic_rounding=True`` bf16 parameters
+    are written back with stochastic rounding. Parameters without ``.grad`` are skipped; sparse
+    gradients raise ``RuntimeError``.
 
     Example:
         >>> import torch, gradkit
@@ -65,6 +76,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         transform: Transform,
         *,
         nonfinite: str = "skip",
+        state_dtype: str = "fp32",
         **hyperparams: Any,
     ) -> None:
         self.transform: Chain = transform if isinstance(transform, Chain) else chain(transform)
@@ -74,8 +86,15 @@ class ChainOptimizer(torch.optim.Optimizer):
                 f"unexpected hyperparameter(s) {unknown}; this chain takes "
                 f"{sorted(self.transform.defaults)}"
             )
-        defaults = {**self.transform.defaults, **hyperparams, "nonfinite": nonfinite}
+        defaults = {
+            **self.transform.defaults,
+            **hyperparams,
+            "nonfinite": nonfinite,
+            "state_dtype": state_dtype,
+        }
         self._validate(defaults)
+        self.storage_generator = torch.Generator().manual_seed(0)
+        """Draws the stochastic rounding of bf16 state / parameters; saved in ``state_dict``."""
         self._body, self._decay = split_lr_tail(self.transform)
         self.guards: list[StepGuard] = [NonFiniteGuard()]
         self.skip_log: deque[dict[str, Any]] = deque(maxlen=1000)
@@ -86,6 +105,7 @@ class ChainOptimizer(torch.optim.Optimizer):
     # -- construction ---------------------------------------------------------------------
     def _validate(self, hp: Mapping[str, Any]) -> None:
         check_choice(hp, "nonfinite", NONFINITE_POLICIES)
+        check_storage(hp)
         self.transform.validate(hp)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -177,6 +197,12 @@ class ChainOptimizer(torch.optim.Optimizer):
         segments: list[Segment],
         names: list[str | None] | None = None,
     ) -> None:
+        if self._stores_compressed or any(_compresses(seg.hp) for seg in segments):
+            from gradkit.memory.storage import update_with_storage
+
+            self._stores_compressed = True
+            update_with_storage(self, params, grads, segments, names or [])
+            return
         work = [p.float() if p.dtype in LOW_PRECISION else p for p in params]
         grads = [
             g if g.dtype == w.dtype else g.to(w.dtype) for g, w in zip(grads, work, strict=True)
@@ -198,11 +224,14 @@ class ChainOptimizer(torch.optim.Optimizer):
         segments: list[Segment],
         step_tensors: list[Tensor],
         names: list[str | None],
+        state: dict[str, list[Tensor]] | None = None,
     ) -> None:
         steps = [int(s.item()) for s in step_tensors]
         ctx = Context(segments, steps, grads, names=names)
         body = self._body if self.fuse_apply else len(self.transform.transforms)
-        updates = self.transform.run(list(grads), self._gather_state(params), work, ctx, body)
+        if state is None:
+            state = self._gather_state(params)
+        updates = self.transform.run(list(grads), state, work, ctx, body)
         if body == len(self.transform.transforms):
             torch._foreach_add_(work, updates)
         else:
@@ -263,14 +292,41 @@ class ChainOptimizer(torch.optim.Optimizer):
         keys.pop("step", None)
         return {k: [self.state[p].get(k) for p in params] for k in keys}  # type: ignore[misc]
 
+    # -- state access outside step() --------------------------------------------------------
+    _stores_compressed = False  # set once a group's policy compresses state (then stays on)
+
+    def read_state(self, p: Tensor, key: str) -> Tensor:
+        """``self.state[p][key]`` as fp32: the stored tensor itself, or a decoded copy when the
+        storage policy keeps it compressed (then write changes back with :meth:`write_state`)."""
+        stored = self.state[p][key]
+        if not self._stores_compressed:
+            return stored
+        from gradkit.memory.storage import decode
+
+        return decode(self.state[p], key)
+
+    def write_state(self, p: Tensor, key: str, value: Tensor) -> None:
+        """Store ``value`` (from :meth:`read_state`) as ``self.state[p][key]`` under ``p``'s
+        group's storage policy; a no-op when ``value`` already is the stored tensor."""
+        if not self._stores_compressed:
+            if value is not self.state[p].get(key):
+                self.state[p][key] = value
+            return
+        from gradkit.memory.storage import write_state
+
+        write_state(self, p, key, value)
+
     # -- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """torch's state dict plus a ``"gradkit"`` entry: guard state, skip log, step count."""
+        """torch's state dict plus a ``"gradkit"`` entry: guard state, skip log, step count, and
+        the state of :attr:`storage_generator`. Compressed state is saved as stored (codes and
+        block maxima)."""
         sd = super().state_dict()
         sd["gradkit"] = {
             "guards": {g.name: g.state_dict() for g in self.guards},
             "skip_log": list(self.skip_log),
             "step_count": self._step_count,
+            "storage_rng": self.storage_generator.get_state(),
         }
         return sd
 
@@ -279,9 +335,22 @@ class ChainOptimizer(torch.optim.Optimizer):
 
         torch casts floating state to the parameter's dtype, which would round the fp32 state of
         bf16 parameters; resuming must be bit-exact, so the saved dtype wins.
+
+        Storage-policy keys (``state_dtype``, ...) are not taken from the checkpoint: this
+        optimizer's own policy wins, and state saved under another policy is converted (see
+        :mod:`gradkit.memory.storage`).
         """
+        storage = [
+            {k: g[k] for k in ("state_dtype", *_STORAGE_KEYS) if k in g} for g in self.param_groups
+        ]
         super().load_state_dict(state_dict)
+        for group, keep in zip(self.param_groups, storage, strict=True):
+            for key in ("state_dtype", *_STORAGE_KEYS):
+                group.pop(key, None)
+            group.update(keep)
         extra = state_dict.get("gradkit", {})
+        if "storage_rng" in extra:
+            self.storage_generator.set_state(extra["storage_rng"].to("cpu", torch.uint8))
         for guard in self.guards:
             if guard.name in extra.get("guards", {}):
                 guard.load_state_dict(extra["guards"][guard.name])
@@ -298,9 +367,42 @@ class ChainOptimizer(torch.optim.Optimizer):
                     and current.dtype != value.dtype
                 ):
                     self.state[p][key] = value.to(device=p.device, copy=True)
+        self._convert_storage()
+
+    def _convert_storage(self) -> None:
+        from gradkit.memory.storage import convert_all, has_compressed_state
+
+        compresses = any(_compresses(g) for g in self.param_groups)
+        if compresses or has_compressed_state(self):
+            convert_all(self)
+        self._stores_compressed = compresses or has_compressed_state(self)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.transform!r})"
+
+
+def check_storage(hp: Mapping[str, Any]) -> None:
+    """Validate the storage-policy keys of a group (see :mod:`gradkit.memory.storage`)."""
+    if "state_dtype" in hp:
+        check_choice(hp, "state_dtype", STATE_DTYPES)
+    for key, low in (("state_block_size", 1), ("state_min_numel", 0), ("state_chunk_numel", 0)):
+        value = hp.get(key, low)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"Invalid {key}: {value!r} (must be an integer >= {low})")
+    if not isinstance(hp.get("stochastic_rounding", False), bool):
+        raise ValueError(
+            f"Invalid stochastic_rounding: {hp['stochastic_rounding']!r} (expected True or False)"
+        )
+    if hp.get("fused") and hp.get("state_dtype", "fp32") != "fp32":
+        raise ValueError(
+            f"Invalid state_dtype: {hp['state_dtype']!r} with fused=True (the fused kernel keeps "
+            "fp32 state; drop fused or use state_dtype='fp32')"
+        )
+
+
+def _compresses(hp: Mapping[str, Any]) -> bool:
+    """Whether a group's policy needs the storage path (compressed state or stochastic params)."""
+    return hp.get("state_dtype", "fp32") != "fp32" or bool(hp.get("stochastic_rounding"))
 
 
 def split_lr_tail(chain_: Chain) -> tuple[int, Transform | None]:

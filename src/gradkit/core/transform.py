@@ -81,6 +81,17 @@ class Transform:
     """
 
     name: str = "transform"
+    nonnegative_state: frozenset[str] = frozenset()
+    """State names whose values are never negative (second moments): a compressed state policy
+    stores them with the unsigned 8-bit map (finer steps). Others use the signed map."""
+    exact_state: frozenset[str] = frozenset()
+    """State names that a compressed policy must keep in fp32 (values whose differences matter,
+    such as a previous parameter); integer and scalar state is never compressed anyway."""
+    per_parameter: bool = False
+    """True when parameter i's output reads only parameter i's update, state and value, so the
+    optimizer may run the chain on a subset of parameters at a time (a compressed state policy
+    does that to bound its fp32 temporaries). False (the safe default) for anything that reduces
+    across parameters, such as a global-norm clip. :class:`GroupTransform` defaults to True."""
     stage: str = "gradient"
     """Where a transform passed through an optimizer's ``transforms=`` goes: ``"gradient"``
     (before the update rule, e.g. clipping), ``"update"`` (after the update rule, before the
@@ -118,7 +129,12 @@ class GroupTransform(Transform):
 
     Subclasses implement ``update_group(updates, state, params, hp, steps, grads)`` over the
     parameters of one segment; this base class slices the lists and concatenates the results.
+    Group transforms are assumed to treat each parameter on its own (``per_parameter = True``);
+    one that reduces across the parameters of a group, or draws one random value per call, sets
+    ``per_parameter = False``.
     """
+
+    per_parameter = True
 
     def update_group(
         self,
@@ -171,7 +187,20 @@ class Chain(Transform):
             leaves += t.leaves()
         self.transforms = leaves
         self.namespaces = _unique_namespaces(leaves)
+        self.per_parameter = all(t.per_parameter for t in leaves)
+        self._owners = dict(zip(self.namespaces, leaves, strict=True))
         super().__init__(**merge_defaults(leaves, self.namespaces))
+
+    def state_kind(self, key: str) -> str:
+        """How a compressed storage policy treats state ``key`` (``"<namespace>.<name>"``):
+        ``"unsigned"`` (declared non-negative), ``"exact"`` (kept fp32) or ``"signed"``."""
+        namespace, _, name = key.partition(".")
+        owner = self._owners.get(namespace)
+        if owner is None:
+            return "signed"
+        if name in owner.exact_state:
+            return "exact"
+        return "unsigned" if name in owner.nonnegative_state else "signed"
 
     def leaves(self) -> list[Transform]:
         return list(self.transforms)
@@ -258,6 +287,9 @@ class When(GroupTransform):
         self.flag = flag
         self.value = value
         self.name = inner.name
+        self.nonnegative_state = inner.nonnegative_state
+        self.exact_state = inner.exact_state
+        self.per_parameter = inner.per_parameter
         super().__init__(**{**inner.defaults, flag: default})
 
     def validate(self, hp: Mapping[str, Any]) -> None:

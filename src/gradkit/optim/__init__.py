@@ -133,3 +133,11 @@ __all__ = [
     "scale_by_sophia",
     "scale_by_spam",
 ]
+
+# The low-rank projection optimizers live in gradkit.memory; they are registered optimizers, so
+# they are exported here too (imported last: they build on gradkit.optim's Adam helpers).
+from gradkit.memory.fira import Fira
+from gradkit.memory.frugal import FRUGAL
+from gradkit.memory.galore import GaLore, QGaLore
+
+__all__ += ["FRUGAL", "Fira", "GaLore", "QGaLore"]

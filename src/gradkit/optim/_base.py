@@ -34,13 +34,15 @@ class GradkitOptimizer(ChainOptimizer):
         maximize: bool = False,
         transforms: Sequence[Transform] | None = None,
         nonfinite: str = "skip",
+        state_dtype: str = "fp32",
         foreach: bool | None = None,
         **hyperparams: Any,
     ) -> None:
         full = chain(_maximize(maximize), *place_transforms(core, transforms or ()))
         super().__init__(
-            params, full, nonfinite=nonfinite, maximize=maximize, foreach=foreach, **hyperparams
-        )
+            params, full, nonfinite=nonfinite, state_dtype=state_dtype, maximize=maximize,
+            foreach=foreach, **hyperparams,
+        )  # fmt: skip
 
 
 def place_transforms(core: Sequence[Transform], extra: Sequence[Transform]) -> list[Transform]:
@@ -104,6 +106,26 @@ class OptimizerInfo:
     state_bytes_per_param: float
     """Optimizer-state bytes per fp32 parameter at the default hyperparameters (O(1) scalars such
     as step counters excluded)."""
+
+    def bytes_per_param(self, policy: str = "fp32", block_size: int = 256) -> float:
+        """Theoretical state bytes per parameter under a ``state_dtype`` policy.
+
+        From the ``state_floats`` parameter-sized tensors: ``fp32`` 4 bytes each, ``bf16`` 2,
+        ``q8`` one code byte plus a 4-byte absmax per ``block_size`` values. Tensors under
+        ``state_min_numel`` (4,096) stay fp32 in practice, so measured totals of models with many
+        small tensors sit slightly above this (see :func:`gradkit.memory.state_bytes`).
+
+        Example:
+            >>> import gradkit
+            >>> info = {i.name: i for i in gradkit.optim.available()}["AdamW"]
+            >>> info.bytes_per_param("fp32"), info.bytes_per_param("bf16"), info.bytes_per_param("q8")
+            (8.0, 4.0, 2.03125)
+        """
+        floats = self.state_bytes_per_param / 4.0
+        per_float = {"fp32": 4.0, "bf16": 2.0, "q8": 1.0 + 4.0 / block_size}
+        if policy not in per_float:
+            raise ValueError(f"Invalid policy: {policy!r} (choose one of 'fp32', 'bf16', 'q8')")
+        return floats * per_float[policy]
 
 
 _REGISTRY: dict[str, OptimizerInfo] = {}

@@ -231,12 +231,13 @@ class DiagonalHessianOptimizer:
         beta = self._hessian_beta(group)
         for p, e in zip(params, ests, strict=True):
             state = opt.state[p]
-            h = state[h_key]
+            h = opt.read_state(p, h_key)  # fp32 (decoded) view under a compressed policy
             e = e.to(device=h.device, dtype=h.dtype)
             if self._warm_start(group) and state[step_key].item() < 0:
                 h.copy_(e)
             else:
                 h.lerp_(e, 1.0 - beta)
+            opt.write_state(p, h_key, h)
             state[step_key].fill_(state["step"].item())
 
     def _as_mapping(self, estimates: Estimates) -> dict[Tensor, Tensor | None]:

@@ -20,6 +20,7 @@ from gradkit.transforms.basic import add_l2, scale_by_lr
 
 class ScaleByAdagrad(GroupTransform):
     name = "adagrad"
+    nonnegative_state = frozenset({"sum"})
 
     def validate(self, hp: Mapping[str, Any]) -> None:
         check_nonnegative(hp, "lr_decay")
@@ -75,6 +76,7 @@ class Adagrad(GradkitOptimizer):
         fused: bool | None = None,
         transforms: Sequence[Transform] | None = None,
         nonfinite: str = "skip",
+        state_dtype: str = "fp32",
     ) -> None:
         torch_only_flags("Adagrad", fused=fused, differentiable=differentiable)
         core = [
@@ -86,6 +88,7 @@ class Adagrad(GradkitOptimizer):
         ]
         super().__init__(
             params, core, maximize=maximize, transforms=transforms, nonfinite=nonfinite,
+            state_dtype=state_dtype,
             foreach=foreach, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
             initial_accumulator_value=initial_accumulator_value, eps=eps,
         )  # fmt: skip

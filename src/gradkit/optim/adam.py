@@ -46,6 +46,7 @@ def adam_denominator(
 
 class ScaleByAdam(GroupTransform):
     name = "adam"
+    nonnegative_state = frozenset({"exp_avg_sq", "max_exp_avg_sq"})
 
     def validate(self, hp: Mapping[str, Any]) -> None:
         check_betas(hp, 2)
@@ -178,6 +179,7 @@ class Adam(_FusedAdamMixin):
         decoupled_weight_decay: bool = False,
         transforms: Sequence[Transform] | None = None,
         nonfinite: str = "skip",
+        state_dtype: str = "fp32",
     ) -> None:
         torch_only_flags("Adam", fused=None, capturable=capturable, differentiable=differentiable)
         flag, d = "decoupled_weight_decay", decoupled_weight_decay
@@ -189,6 +191,7 @@ class Adam(_FusedAdamMixin):
         ]
         super().__init__(
             params, core, maximize=maximize, transforms=transforms, nonfinite=nonfinite,
+            state_dtype=state_dtype,
             foreach=foreach, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
             amsgrad=amsgrad, decoupled_weight_decay=decoupled_weight_decay,
             fused=_check_fused(fused, transforms),
@@ -231,6 +234,7 @@ class AdamW(_FusedAdamMixin):
         fused: bool | None = None,
         transforms: Sequence[Transform] | None = None,
         nonfinite: str = "skip",
+        state_dtype: str = "fp32",
     ) -> None:
         torch_only_flags("AdamW", fused=None, capturable=capturable, differentiable=differentiable)
         core = [
@@ -240,6 +244,7 @@ class AdamW(_FusedAdamMixin):
         ]
         super().__init__(
             params, core, maximize=maximize, transforms=transforms, nonfinite=nonfinite,
+            state_dtype=state_dtype,
             foreach=foreach, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
             amsgrad=amsgrad, fused=_check_fused(fused, transforms),
         )  # fmt: skip

@@ -25,6 +25,7 @@ from gradkit.transforms.basic import add_decayed_weights, add_l2, scale_by_lr
 
 class ScaleByAdaMomentum(GroupTransform):
     name = "adamomentum"
+    nonnegative_state = frozenset({"exp_avg_var", "max_exp_avg_var"})
 
     def validate(self, hp: Mapping[str, Any]) -> None:
         check_betas(hp, 2)
@@ -128,6 +129,7 @@ class AdaMomentum(GradkitOptimizer):
         maximize: bool = False,
         transforms: Sequence[Transform] | None = None,
         nonfinite: str = "skip",
+        state_dtype: str = "fp32",
     ) -> None:
         flag, d = "decoupled_weight_decay", decoupled_weight_decay
         core = [
@@ -138,6 +140,7 @@ class AdaMomentum(GradkitOptimizer):
         ]
         super().__init__(
             params, core, maximize=maximize, transforms=transforms, nonfinite=nonfinite,
+            state_dtype=state_dtype,
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
             decoupled_weight_decay=decoupled_weight_decay,
         )  # fmt: skip

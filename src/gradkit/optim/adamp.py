@@ -138,6 +138,7 @@ class ScaleByAdamP(GroupTransform):
     """
 
     name = "adamp"
+    nonnegative_state = frozenset({"exp_avg_sq"})
 
     def validate(self, hp: Mapping[str, Any]) -> None:
         check_betas(hp, 2)
@@ -268,6 +269,7 @@ class AdamP(GradkitOptimizer):
         maximize: bool = False,
         transforms: Sequence[Transform] | None = None,
         nonfinite: str = "skip",
+        state_dtype: str = "fp32",
     ) -> None:
         core = [
             ScaleByAdamP(betas=betas, eps=eps, nesterov=nesterov),
@@ -276,6 +278,7 @@ class AdamP(GradkitOptimizer):
         ]
         super().__init__(
             params, core, maximize=maximize, transforms=transforms, nonfinite=nonfinite,
+            state_dtype=state_dtype,
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, delta=delta,
             wd_ratio=wd_ratio, nesterov=nesterov,
         )  # fmt: skip
@@ -329,6 +332,7 @@ class SGDP(GradkitOptimizer):
         maximize: bool = False,
         transforms: Sequence[Transform] | None = None,
         nonfinite: str = "skip",
+        state_dtype: str = "fp32",
     ) -> None:
         projection = ProjectScaleInvariant(
             momentum_scaled_decay=True,
@@ -341,6 +345,7 @@ class SGDP(GradkitOptimizer):
         ]
         super().__init__(
             params, core, maximize=maximize, transforms=transforms, nonfinite=nonfinite,
+            state_dtype=state_dtype,
             lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
             nesterov=nesterov, eps=eps, delta=delta, wd_ratio=wd_ratio,
         )  # fmt: skip

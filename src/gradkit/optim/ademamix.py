@@ -79,6 +79,7 @@ class ScaleByAdEMAMix(GroupTransform):
     ``exp_avg_slow``, ``exp_avg_sq``."""
 
     name = "ademamix"
+    nonnegative_state = frozenset({"exp_avg_sq"})
 
     def validate(self, hp: Mapping[str, Any]) -> None:
         check_betas(hp, 3)
@@ -186,6 +187,7 @@ class AdEMAMix(GradkitOptimizer):
         maximize: bool = False,
         transforms: Sequence[Transform] | None = None,
         nonfinite: str = "skip",
+        state_dtype: str = "fp32",
     ) -> None:
         core = [
             ScaleByAdEMAMix(
@@ -200,6 +202,7 @@ class AdEMAMix(GradkitOptimizer):
         ]
         super().__init__(
             params, core, maximize=maximize, transforms=transforms, nonfinite=nonfinite,
+            state_dtype=state_dtype,
             lr=lr, betas=betas, alpha=alpha, beta3_warmup=beta3_warmup,
             alpha_warmup=alpha_warmup, eps=eps, weight_decay=weight_decay,
         )  # fmt: skip

@@ -32,6 +32,7 @@ def cosh_rms_scale(direction: Tensor, gamma: float) -> Tensor:
 
 class ScaleByAuON(MatrixOrAdamW):
     name = "auon"
+    nonnegative_state = frozenset({"exp_avg_sq"})
     flag = "use_auon"
 
     def validate(self, hp: Mapping[str, Any]) -> None:
@@ -166,6 +167,7 @@ class AuON(GradkitOptimizer):
         maximize: bool = False,
         transforms: Sequence[Transform] | None = None,
         nonfinite: str = "skip",
+        state_dtype: str = "fp32",
     ) -> None:
         direction = scale_by_auon(
             momentum, nesterov, gamma, hybrid, ns_steps, eps, adjust_lr_fn, use_auon,
@@ -174,6 +176,7 @@ class AuON(GradkitOptimizer):
         core = [direction, add_decayed_weights(weight_decay), scale_by_lr(lr)]
         super().__init__(
             params, core, maximize=maximize, transforms=transforms, nonfinite=nonfinite,
+            state_dtype=state_dtype,
             lr=lr, momentum=momentum, weight_decay=weight_decay, gamma=gamma,
             nesterov=nesterov, hybrid=hybrid, ns_steps=ns_steps, eps=eps,
             adjust_lr_fn=adjust_lr_fn, adam_betas=adam_betas, adam_eps=adam_eps,

@@ -31,6 +31,7 @@ def friction(previous: list[Tensor], current: list[Tensor]) -> list[Tensor]:
 
 class ScaleByDiffGrad(GroupTransform):
     name = "diffgrad"
+    nonnegative_state = frozenset({"exp_avg_sq"})
 
     def validate(self, hp: Mapping[str, Any]) -> None:
         check_betas(hp, 2)
@@ -139,6 +140,7 @@ class DiffGrad(GradkitOptimizer):
         maximize: bool = False,
         transforms: Sequence[Transform] | None = None,
         nonfinite: str = "skip",
+        state_dtype: str = "fp32",
     ) -> None:
         core = [
             add_l2(weight_decay),
@@ -147,5 +149,6 @@ class DiffGrad(GradkitOptimizer):
         ]
         super().__init__(
             params, core, maximize=maximize, transforms=transforms, nonfinite=nonfinite,
+            state_dtype=state_dtype,
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, eps_placement=eps_placement,
         )  # fmt: skip

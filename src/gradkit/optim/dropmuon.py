@@ -156,6 +156,7 @@ class DropMuon(Muon):
         maximize: bool = False,
         transforms: Sequence[Transform] | None = None,
         nonfinite: str = "skip",
+        state_dtype: str = "fp32",
     ) -> None:
         if sampling not in SAMPLINGS:
             raise ValueError(
@@ -176,6 +177,7 @@ class DropMuon(Muon):
             params, lr, weight_decay, momentum, nesterov, ns_coefficients, eps, ns_steps,
             adjust_lr_fn, ns_dtype=ns_dtype, adam_betas=adam_betas, adam_eps=adam_eps,
             use_muon=use_muon, maximize=maximize, transforms=transforms, nonfinite=nonfinite,
+            state_dtype=state_dtype,
         )  # fmt: skip
 
     # -- layers -----------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from gradkit.transforms.basic import add_decayed_weights, scale_by_lr
 
 class ScaleByGrams(GroupTransform):
     name = "grams"
+    nonnegative_state = frozenset({"exp_avg_sq"})
 
     def validate(self, hp: Mapping[str, Any]) -> None:
         check_betas(hp, 2)
@@ -116,6 +117,7 @@ class Grams(GradkitOptimizer):
         maximize: bool = False,
         transforms: Sequence[Transform] | None = None,
         nonfinite: str = "skip",
+        state_dtype: str = "fp32",
     ) -> None:
         core = [
             scale_by_grams(betas, eps, eps_placement),
@@ -124,5 +126,6 @@ class Grams(GradkitOptimizer):
         ]
         super().__init__(
             params, core, maximize=maximize, transforms=transforms, nonfinite=nonfinite,
+            state_dtype=state_dtype,
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, eps_placement=eps_placement,
         )  # fmt: skip

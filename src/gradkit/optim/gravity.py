@@ -39,6 +39,7 @@ def initial_velocities(
 
 class ScaleByGravity(GroupTransform):
     name = "gravity"
+    per_parameter = False  # a group's initial velocities come from one seeded draw
 
     def validate(self, hp: Mapping[str, Any]) -> None:
         check_nonnegative(hp, "alpha")
@@ -144,9 +145,11 @@ class Gravity(GradkitOptimizer):
         maximize: bool = False,
         transforms: Sequence[Transform] | None = None,
         nonfinite: str = "skip",
+        state_dtype: str = "fp32",
     ) -> None:
         core = [scale_by_gravity(alpha, beta, seed), scale_by_lr(lr)]
         super().__init__(
             params, core, maximize=maximize, transforms=transforms, nonfinite=nonfinite,
+            state_dtype=state_dtype,
             lr=lr, alpha=alpha, beta=beta, seed=seed,
         )  # fmt: skip

@@ -190,6 +190,7 @@ class InducedMetric(GradkitOptimizer):
         maximize: bool = False,
         transforms: Sequence[Transform] | None = None,
         nonfinite: str = "skip",
+        state_dtype: str = "fp32",
     ) -> None:
         core = [
             scale_by_induced_metric(momentum, xi, beta, rms, beta_rms, eps),
@@ -198,6 +199,7 @@ class InducedMetric(GradkitOptimizer):
         ]
         super().__init__(
             params, core, maximize=maximize, transforms=transforms, nonfinite=nonfinite,
+            state_dtype=state_dtype,
             lr=lr, momentum=momentum, xi=xi, beta=beta, weight_decay=weight_decay, rms=rms,
             beta_rms=beta_rms, eps=eps,
         )  # fmt: skip

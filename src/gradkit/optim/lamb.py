@@ -29,6 +29,7 @@ class ScaleByLambMoments(ScaleByAdam):
     """
 
     name = "adam"
+    nonnegative_state = frozenset({"exp_avg_sq"})
 
     def validate(self, hp: Mapping[str, Any]) -> None:
         check_betas(hp, 2)
@@ -123,6 +124,7 @@ class LAMB(GradkitOptimizer):
         maximize: bool = False,
         transforms: Sequence[Transform] | None = None,
         nonfinite: str = "skip",
+        state_dtype: str = "fp32",
     ) -> None:
         core = [
             ScaleByLambMoments(betas=betas, eps=eps, bias_correction=bias_correction),
@@ -134,6 +136,7 @@ class LAMB(GradkitOptimizer):
         ]
         super().__init__(
             params, core, maximize=maximize, transforms=transforms, nonfinite=nonfinite,
+            state_dtype=state_dtype,
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
             bias_correction=bias_correction, weight_norm_bounds=weight_norm_bounds,
             layer_adaptation=layer_adaptation,

@@ -103,6 +103,7 @@ class Lion(GradkitOptimizer):
         maximize: bool = False,
         transforms: Sequence[Transform] | None = None,
         nonfinite: str = "skip",
+        state_dtype: str = "fp32",
     ) -> None:
         core = [
             scale_by_lion_interpolation(betas),
@@ -113,5 +114,6 @@ class Lion(GradkitOptimizer):
         ]
         super().__init__(
             params, core, maximize=maximize, transforms=transforms, nonfinite=nonfinite,
+            state_dtype=state_dtype,
             lr=lr, betas=betas, weight_decay=weight_decay, cautious=cautious,
         )  # fmt: skip

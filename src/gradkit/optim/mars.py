@@ -61,6 +61,7 @@ class ScaleByMARS(GroupTransform):
     keep an empty ``last_grad`` / ``next_grad``."""
 
     name = "mars"
+    nonnegative_state = frozenset({"exp_avg_sq"})
 
     def validate(self, hp: Mapping[str, Any]) -> None:
         check_betas(hp, 2)
@@ -290,6 +291,7 @@ class MARS(GradkitOptimizer):
         maximize: bool = False,
         transforms: Sequence[Transform] | None = None,
         nonfinite: str = "skip",
+        state_dtype: str = "fp32",
     ) -> None:
         self._mars = ScaleByMARS(
             betas=betas, eps=eps, weight_decay=weight_decay, gamma=gamma, exact=exact,
@@ -299,6 +301,7 @@ class MARS(GradkitOptimizer):
         super().__init__(
             params, [self._mars, scale_by_lr(lr)], maximize=maximize, transforms=transforms,
             nonfinite=nonfinite, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+            state_dtype=state_dtype,
             gamma=gamma, exact=exact, optimize_1d=optimize_1d, lr_1d=lr_1d, betas_1d=betas_1d,
             weight_decay_1d=weight_decay_1d,
         )  # fmt: skip
@@ -339,7 +342,10 @@ class MARS(GradkitOptimizer):
             work = [p.float() if p.dtype in LOW_PRECISION else p for p in params]
             self._init_state(params, work, [Segment(0, len(params), group)])
             for p, g in zip(params, grads, strict=True):
-                self._key(p, "next_grad").copy_(g)
+                self._key(p, "next_grad")  # raises a clear error when exact mode was off
+                buffer = self.read_state(p, self._prefix + "next_grad")  # fp32 (decoded) view
+                buffer.copy_(g)
+                self.write_state(p, self._prefix + "next_grad", buffer)
                 self._key(p, "next_grad_step").fill_(self.state[p]["step"])
 
     def _check_recorded(

@@ -160,6 +160,7 @@ class MatrixOrAdamW(GroupTransform):
 
 class ScaleByMuon(MatrixOrAdamW):
     name = "muon"
+    nonnegative_state = frozenset({"exp_avg_sq"})
     flag = "use_muon"
 
     def validate(self, hp: Mapping[str, Any]) -> None:
@@ -292,6 +293,7 @@ class Muon(GradkitOptimizer):
         maximize: bool = False,
         transforms: Sequence[Transform] | None = None,
         nonfinite: str = "skip",
+        state_dtype: str = "fp32",
     ) -> None:
         direction = scale_by_muon(
             momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn, ns_dtype,
@@ -300,6 +302,7 @@ class Muon(GradkitOptimizer):
         core = [direction, add_decayed_weights(weight_decay), scale_by_lr(lr)]
         super().__init__(
             params, core, maximize=maximize, transforms=transforms, nonfinite=nonfinite,
+            state_dtype=state_dtype,
             lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
             ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps,
             adjust_lr_fn=adjust_lr_fn, ns_dtype=ns_dtype, adam_betas=adam_betas,

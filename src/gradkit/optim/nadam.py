@@ -25,6 +25,7 @@ def momentum_schedule(beta1: float, momentum_decay: float, step: int) -> float:
 
 class ScaleByNAdam(GroupTransform):
     name = "nadam"
+    nonnegative_state = frozenset({"exp_avg_sq"})
 
     def validate(self, hp: Mapping[str, Any]) -> None:
         check_betas(hp, 2)
@@ -98,6 +99,7 @@ class NAdam(GradkitOptimizer):
         differentiable: bool = False,
         transforms: Sequence[Transform] | None = None,
         nonfinite: str = "skip",
+        state_dtype: str = "fp32",
     ) -> None:
         torch_only_flags("NAdam", fused=None, capturable=capturable, differentiable=differentiable)
         flag, d = "decoupled_weight_decay", decoupled_weight_decay
@@ -109,6 +111,7 @@ class NAdam(GradkitOptimizer):
         ]
         super().__init__(
             params, core, maximize=maximize, transforms=transforms, nonfinite=nonfinite,
+            state_dtype=state_dtype,
             foreach=foreach, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
             momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay,
         )  # fmt: skip

@@ -25,6 +25,7 @@ class ScaleByNovoGrad(GroupTransform):
     tensor)."""
 
     name = "novograd"
+    nonnegative_state = frozenset({"exp_avg_sq"})
 
     def validate(self, hp: Mapping[str, Any]) -> None:
         check_betas(hp, 2)
@@ -130,6 +131,7 @@ class NovoGrad(GradkitOptimizer):
         maximize: bool = False,
         transforms: Sequence[Transform] | None = None,
         nonfinite: str = "skip",
+        state_dtype: str = "fp32",
     ) -> None:
         core = [
             ScaleByNovoGrad(
@@ -139,5 +141,6 @@ class NovoGrad(GradkitOptimizer):
         ]
         super().__init__(
             params, core, maximize=maximize, transforms=transforms, nonfinite=nonfinite,
+            state_dtype=state_dtype,
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, grad_averaging=grad_averaging,
         )  # fmt: skip

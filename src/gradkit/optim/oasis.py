@@ -34,6 +34,8 @@ class ScaleByOASIS(GroupTransform):
     ``prev_param``, ``prev_grad`` and the CPU scalars ``step_size`` and ``theta``."""
 
     name = "oasis"
+    exact_state = frozenset({"prev_param", "prev_grad"})  # differences are used
+    per_parameter = False  # the adaptive step size sums over the group
 
     def validate(self, hp: Mapping[str, Any]) -> None:
         check_lr(hp)
@@ -198,11 +200,13 @@ class OASIS(DiagonalHessianOptimizer, GradkitOptimizer):
         maximize: bool = False,
         transforms: Sequence[Transform] | None = None,
         nonfinite: str = "skip",
+        state_dtype: str = "fp32",
     ) -> None:
         self._hessian_owner = scale_by_oasis(lr, beta2, alpha, adaptive_lr)
         super().__init__(
             params, [self._hessian_owner], maximize=maximize, transforms=transforms,
             nonfinite=nonfinite, lr=lr, beta2=beta2, alpha=alpha, adaptive_lr=adaptive_lr,
+            state_dtype=state_dtype,
         )  # fmt: skip
 
     def _hessian_beta(self, group: Mapping[str, Any]) -> float:

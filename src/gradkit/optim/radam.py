@@ -31,6 +31,7 @@ def rectification(beta2: float, step: int) -> float | None:
 
 class ScaleByRAdam(GroupTransform):
     name = "radam"
+    nonnegative_state = frozenset({"exp_avg_sq"})
 
     def validate(self, hp: Mapping[str, Any]) -> None:
         check_betas(hp, 2)
@@ -96,6 +97,7 @@ class RAdam(GradkitOptimizer):
         differentiable: bool = False,
         transforms: Sequence[Transform] | None = None,
         nonfinite: str = "skip",
+        state_dtype: str = "fp32",
     ) -> None:
         torch_only_flags("RAdam", fused=None, capturable=capturable, differentiable=differentiable)
         flag, d = "decoupled_weight_decay", decoupled_weight_decay
@@ -107,6 +109,7 @@ class RAdam(GradkitOptimizer):
         ]
         super().__init__(
             params, core, maximize=maximize, transforms=transforms, nonfinite=nonfinite,
+            state_dtype=state_dtype,
             foreach=foreach, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
             decoupled_weight_decay=decoupled_weight_decay,
         )  # fmt: skip

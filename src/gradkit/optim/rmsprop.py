@@ -20,6 +20,7 @@ from gradkit.transforms.basic import add_l2, scale_by_lr, trace
 
 class ScaleByRMS(GroupTransform):
     name = "rms"
+    nonnegative_state = frozenset({"square_avg"})
 
     def validate(self, hp: Mapping[str, Any]) -> None:
         check_unit_interval(hp, "alpha", closed_right=True)
@@ -86,6 +87,7 @@ class RMSprop(GradkitOptimizer):
         *,
         transforms: Sequence[Transform] | None = None,
         nonfinite: str = "skip",
+        state_dtype: str = "fp32",
     ) -> None:
         torch_only_flags(
             "RMSprop", fused=None, capturable=capturable, differentiable=differentiable
@@ -98,6 +100,7 @@ class RMSprop(GradkitOptimizer):
         ]
         super().__init__(
             params, core, maximize=maximize, transforms=transforms, nonfinite=nonfinite,
+            state_dtype=state_dtype,
             foreach=foreach, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
             momentum=momentum, centered=centered,
         )  # fmt: skip

@@ -52,11 +52,13 @@ class SGD(GradkitOptimizer):
         fused: bool | None = None,
         transforms: Sequence[Transform] | None = None,
         nonfinite: str = "skip",
+        state_dtype: str = "fp32",
     ) -> None:
         torch_only_flags("SGD", fused=fused, differentiable=differentiable)
         core = [add_l2(weight_decay), trace(momentum, dampening, nesterov), scale_by_lr(lr)]
         super().__init__(
             params, core, maximize=maximize, transforms=transforms, nonfinite=nonfinite,
+            state_dtype=state_dtype,
             foreach=foreach, lr=lr, momentum=momentum, dampening=dampening,
             weight_decay=weight_decay, nesterov=nesterov,
         )  # fmt: skip

@@ -95,10 +95,12 @@ class SignSGD(GradkitOptimizer):
         maximize: bool = False,
         transforms: Sequence[Transform] | None = None,
         nonfinite: str = "skip",
+        state_dtype: str = "fp32",
     ) -> None:
         core = [scale_by_sign(), add_decayed_weights(weight_decay), scale_by_lr(lr)]
         super().__init__(
             params, core, maximize=maximize, transforms=transforms, nonfinite=nonfinite,
+            state_dtype=state_dtype,
             lr=lr, weight_decay=weight_decay,
         )  # fmt: skip
 
@@ -139,6 +141,7 @@ class Signum(GradkitOptimizer):
         maximize: bool = False,
         transforms: Sequence[Transform] | None = None,
         nonfinite: str = "skip",
+        state_dtype: str = "fp32",
     ) -> None:
         core = [
             scale_by_ema(momentum),
@@ -149,5 +152,6 @@ class Signum(GradkitOptimizer):
         ]
         super().__init__(
             params, core, maximize=maximize, transforms=transforms, nonfinite=nonfinite,
+            state_dtype=state_dtype,
             lr=lr, momentum=momentum, weight_decay=weight_decay, cautious=cautious,
         )  # fmt: skip

@@ -167,11 +167,13 @@ class Sophia(DiagonalHessianOptimizer, GradkitOptimizer):
         maximize: bool = False,
         transforms: Sequence[Transform] | None = None,
         nonfinite: str = "skip",
+        state_dtype: str = "fp32",
     ) -> None:
         self._hessian_owner = scale_by_sophia(betas, rho, eps, hessian_interval)
         core = [self._hessian_owner, add_decayed_weights(weight_decay), scale_by_lr(lr)]
         super().__init__(
             params, core, maximize=maximize, transforms=transforms, nonfinite=nonfinite,
+            state_dtype=state_dtype,
             lr=lr, betas=betas, rho=rho, weight_decay=weight_decay, eps=eps,
             hessian_interval=hessian_interval,
         )  # fmt: skip

@@ -36,6 +36,7 @@ class ScaleBySpamAdam(ScaleByAdam):
     """Adam whose incoming gradient is first spike-clipped against its own ``exp_avg_sq``."""
 
     name = "spam"
+    nonnegative_state = frozenset({"exp_avg_sq"})
 
     def validate(self, hp: Mapping[str, Any]) -> None:
         super().validate(hp)
@@ -168,6 +169,7 @@ class SPAM(GradkitOptimizer):
         maximize: bool = False,
         transforms: Sequence[Transform] | None = None,
         nonfinite: str = "skip",
+        state_dtype: str = "fp32",
     ) -> None:
         core = [
             momentum_reset(
@@ -181,6 +183,7 @@ class SPAM(GradkitOptimizer):
         ]
         super().__init__(
             params, core, maximize=maximize, transforms=transforms, nonfinite=nonfinite,
+            state_dtype=state_dtype,
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
             spam_threshold=spam_threshold, reset_interval=reset_interval,
             reset_warmup_steps=reset_warmup_steps, spam_clip_delay=spam_clip_delay,
@@ -268,6 +271,7 @@ class StableSPAM(GradkitOptimizer):
         maximize: bool = False,
         transforms: Sequence[Transform] | None = None,
         nonfinite: str = "skip",
+        state_dtype: str = "fp32",
     ) -> None:
         core = [
             ada_clip(ada_clip_gamma3),
@@ -278,6 +282,7 @@ class StableSPAM(GradkitOptimizer):
         ]
         super().__init__(
             params, core, maximize=maximize, transforms=transforms, nonfinite=nonfinite,
+            state_dtype=state_dtype,
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, ada_gn_gamma1=ada_gn_gamma1,
             ada_gn_gamma2=ada_gn_gamma2, ada_clip_gamma3=ada_clip_gamma3,
             reset_interval=reset_interval,

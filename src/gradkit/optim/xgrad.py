@@ -227,7 +227,9 @@ class XGrad(torch.optim.Optimizer):
 
     def predicted_steps(self, group: dict[str, Any], params: list[Tensor]) -> list[Tensor]:
         r""":math:`\hat\theta - \theta = -s\eta\Delta` for parameters of ``group`` with state."""
-        states = [self.state[p] for p in params]
+        opt = self.optimizer
+        # decoded (fp32) views when the wrapped optimizer stores its state compressed
+        states = [{k: opt.read_state(p, k) for k in opt.state[p]} for p in params]
         scale = -float(group["steps_ahead"]) * float(group["lr"])
         if isinstance(self.optimizer, SGD):
             return torch._foreach_mul([s["trace.momentum_buffer"] for s in states], scale)

@@ -25,6 +25,16 @@ class ApplyIfFinite(Transform):
     def __init__(self, inner: Transform) -> None:
         self.inner = inner if isinstance(inner, Chain) else chain(inner)
         super().__init__(**self.inner.defaults)
+        # the inner chain's state lives here as "inner.<namespace>.<name>": declare its kinds so a
+        # compressed storage policy treats it as the inner transforms asked (per_parameter stays
+        # False: the finiteness check reduces over every parameter)
+        owners = self.inner._owners
+        self.nonnegative_state = frozenset(
+            f"inner.{ns}.{n}" for ns, t in owners.items() for n in t.nonnegative_state
+        )
+        self.exact_state = frozenset(
+            f"inner.{ns}.{n}" for ns, t in owners.items() for n in t.exact_state
+        )
 
     def validate(self, hp: Mapping[str, Any]) -> None:
         if hasattr(self, "inner"):

@@ -195,6 +195,10 @@ class MomentumReset(GroupTransform):
             raise TypeError("momentum_reset() wraps a single transform, not a chain")
         self.inner = inner
         self.name = inner.name
+        # same state as the inner transform: the storage policy must treat it the same way
+        self.nonnegative_state = inner.nonnegative_state
+        self.exact_state = inner.exact_state
+        self.per_parameter = inner.per_parameter
         self.stage = inner.stage
         if inner.defaults.get("reset_interval", reset_interval) != reset_interval:
             raise ValueError(
