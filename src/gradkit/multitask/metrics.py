@@ -111,9 +111,11 @@ def delta_m(
         return [list(r) for r in x]
 
     res, base, hib = rows(results), rows(baseline), rows(higher_is_better)
-    if not res or [len(r) for r in res] != [len(r) for r in base] or [len(r) for r in res] != [
-        len(r) for r in hib
-    ]:
+    if (
+        not res
+        or [len(r) for r in res] != [len(r) for r in base]
+        or [len(r) for r in res] != [len(r) for r in hib]
+    ):
         raise ValueError("results, baseline and higher_is_better must have the same layout")
     per_task = []
     for m_row, b_row, h_row in zip(res, base, hib, strict=True):
