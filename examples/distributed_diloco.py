@@ -9,29 +9,11 @@ Without torchrun it runs as a single process (world size 1), which is what the t
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import torch
 import torch.distributed as dist
 
 from gradkit.distributed import DiLoCo, SparseLoCo, StreamingDiLoCo
-
-
-def init() -> torch.device:
-    """torchrun sets RANK/WORLD_SIZE/MASTER_ADDR; otherwise a one-process group on a file."""
-    use_cuda = torch.cuda.is_available()
-    backend = "nccl" if use_cuda else "gloo"
-    if "RANK" in os.environ:
-        dist.init_process_group(backend)
-    else:
-        store = dist.FileStore(os.path.join(tempfile.mkdtemp(), "store"), 1)
-        dist.init_process_group(backend, store=store, rank=0, world_size=1)
-    if use_cuda:
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        torch.cuda.set_device(local)
-        return torch.device("cuda", local)
-    return torch.device("cpu")
+from gradkit.distributed.launch import init_from_env
 
 
 def train(make_outer, device, steps: int = 40) -> tuple[float, str]:
@@ -58,7 +40,7 @@ def train(make_outer, device, steps: int = 40) -> tuple[float, str]:
 
 
 def main() -> None:
-    device = init()
+    device = init_from_env()  # torchrun's environment, or a one-process group
     torch.set_flush_denormal(True)  # CPU denormals make steps several times slower
     for name, make_outer in [
         ("DiLoCo H=10", lambda m, o: DiLoCo(m, o, sync_every=10)),

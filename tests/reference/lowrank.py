@@ -61,6 +61,24 @@ def _up(x, b, left):
     return b @ x if left else x @ b.T
 
 
+def _subspace_adam(g, new_basis, state, t, hp, left):
+    """(R, N): Adam on R = B^T G (left; G B right). A ``new_basis`` replaces B first, with the
+    moments carried into it (Q = B_new^T B_old: m <- Q m, v <- Q^2 v) when reproject_moments."""
+    if new_basis is not None:
+        if "B" in state and hp["reproject_moments"]:
+            q = new_basis.T @ state["B"]
+            if left:
+                state["m"], state["v"] = q @ state["m"], (q * q) @ state["v"]
+            else:
+                state["m"], state["v"] = state["m"] @ q.T, state["v"] @ (q * q).T
+        state["B"] = new_basis
+    low = _down(g, state["B"], left)
+    if "m" not in state:
+        state["m"] = torch.zeros_like(low)
+        state["v"] = torch.zeros_like(low)
+    return low, _adam_direction(state, low, t, hp)
+
+
 def _galore_direction(param, grad, state, t, hp):
     """(alpha * B N, R, N, B, G, left) for a projected matrix; refreshes and re-projects."""
     g = grad.to(torch.float64)
@@ -68,21 +86,9 @@ def _galore_direction(param, grad, state, t, hp):
         g = -g
     left = is_left(param.shape)
     r = min(hp["rank"], *param.shape)
-    if "B" not in state or (t - 1) % hp["update_proj_gap"] == 0:
-        new = top_singular_basis(g, left, r)
-        if "B" in state and hp["reproject_moments"]:
-            q = new.T @ state["B"]
-            if left:
-                state["m"], state["v"] = q @ state["m"], (q * q) @ state["v"]
-            else:
-                state["m"], state["v"] = state["m"] @ q.T, state["v"] @ (q * q).T
-        state["B"] = new
+    due = "B" not in state or (t - 1) % hp["update_proj_gap"] == 0
+    low, n = _subspace_adam(g, top_singular_basis(g, left, r) if due else None, state, t, hp, left)
     b = state["B"]
-    low = _down(g, b, left)
-    if "m" not in state:
-        state["m"] = torch.zeros_like(low)
-        state["v"] = torch.zeros_like(low)
-    n = _adam_direction(state, low, t, hp)
     return hp["scale"] * _up(n, b, left), low, n, b, g, left
 
 
@@ -171,6 +177,7 @@ def qgalore(param, grad, state, t, hp) -> None:
     r = min(hp["rank"], *param.shape)
     state.setdefault("gap", hp["update_proj_gap"])
     state.setdefault("queue", [])
+    new = None
     if "B" not in state or (t - 1) % state["gap"] == 0:
         exact = top_singular_basis(g, left, r)
         first = exact[:, 0]
@@ -182,17 +189,5 @@ def qgalore(param, grad, state, t, hp) -> None:
                 state["gap"] = int(state["gap"] * hp["gamma_proj"])
         state["last"] = first
         new = int4_roundtrip(exact, hp["proj_group_size"])
-        if "B" in state and hp["reproject_moments"]:
-            q = new.T @ state["B"]
-            if left:
-                state["m"], state["v"] = q @ state["m"], (q * q) @ state["v"]
-            else:
-                state["m"], state["v"] = state["m"] @ q.T, state["v"] @ (q * q).T
-        state["B"] = new
-    b = state["B"]
-    low = _down(g, b, left)
-    if "m" not in state:
-        state["m"] = torch.zeros_like(low)
-        state["v"] = torch.zeros_like(low)
-    n = _adam_direction(state, low, t, hp)
-    _apply(param, hp["scale"] * _up(n, b, left), hp)
+    _, n = _subspace_adam(g, new, state, t, hp, left)
+    _apply(param, hp["scale"] * _up(n, state["B"], left), hp)

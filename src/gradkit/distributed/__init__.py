@@ -43,8 +43,10 @@ from gradkit.distributed.hooks import (
     compression_hook,
     register_compression_hook,
 )
+from gradkit.distributed.launch import init_from_env
 
 __all__ = [
+    "init_from_env",
     "DGC",
     "EF21",
     "PAPER_SPARSITY_SCHEDULE",

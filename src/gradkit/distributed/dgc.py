@@ -60,7 +60,7 @@ from gradkit.distributed.compressors import (
     _index_dtype,
     _tensor_map_state,
 )
-from gradkit.distributed.hooks import CompressionHookState, compression_hook
+from gradkit.distributed.hooks import CompressionHookState, register_compression_hook
 
 __all__ = ["DGC", "PAPER_SPARSITY_SCHEDULE", "register_dgc_hook", "sparsity_at"]
 
@@ -221,11 +221,4 @@ def register_dgc_hook(
     """
     if not isinstance(codec, DGC):
         raise ValueError(f"Invalid codec: {codec!r} (expected gradkit.distributed.DGC)")
-    if not isinstance(ddp_model, nn.parallel.DistributedDataParallel):
-        raise ValueError(
-            f"Invalid ddp_model: {type(ddp_model).__name__} (expected "
-            "torch.nn.parallel.DistributedDataParallel)"
-        )
-    state = CompressionHookState(ddp_model, codec, **options)
-    ddp_model.register_comm_hook(state, compression_hook)
-    return state
+    return register_compression_hook(ddp_model, codec, **options)

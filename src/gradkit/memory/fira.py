@@ -16,9 +16,14 @@ from torch import Tensor
 from gradkit.core.transform import State
 from gradkit.core.validation import as_number, check_choice
 from gradkit.memory import projection as pj
-from gradkit.memory.galore import _COMMON_DOC, TYPICAL_RANK, TYPICAL_SHAPE, ScaleByGaLore
-from gradkit.optim._base import GradkitOptimizer, Params, register
-from gradkit.transforms.basic import add_decayed_weights, scale_by_lr
+from gradkit.memory.galore import (
+    _COMMON_DOC,
+    TYPICAL_RANK,
+    TYPICAL_SHAPE,
+    LowRankAdamOptimizer,
+    ScaleByGaLore,
+)
+from gradkit.optim._base import Params, register
 
 RESIDUALS = ("paper", "official")
 NORM_EPS = 1e-8  # the official code's guard in the scaling factor and the limiter
@@ -68,7 +73,7 @@ class ScaleByFira(ScaleByGaLore):
     url="https://arxiv.org/abs/2410.01623",
     state_floats=pj.galore_state_floats(TYPICAL_SHAPE, TYPICAL_RANK),
 )
-class Fira(GradkitOptimizer):
+class Fira(LowRankAdamOptimizer):
     __doc__ = (
         r"""Fira (Chen et al., NeurIPS 2025): GaLore + the scaled out-of-subspace gradient.
 
@@ -139,19 +144,12 @@ class Fira(GradkitOptimizer):
         nonfinite: str = "skip",
         state_dtype: str = "fp32",
     ) -> None:
-        core = [
-            ScaleByFira(
-                betas=betas, eps=eps, rank=rank, update_proj_gap=update_proj_gap, scale=scale,
-                proj_type=proj_type, reproject_moments=reproject_moments, gamma=gamma,
-                residual=residual,
-            ),
-            add_decayed_weights(weight_decay),
-            scale_by_lr(lr),
-        ]  # fmt: skip
+        scaling = ScaleByFira(
+            betas=betas, eps=eps, rank=rank, update_proj_gap=update_proj_gap, scale=scale,
+            proj_type=proj_type, reproject_moments=reproject_moments, gamma=gamma,
+            residual=residual,
+        )  # fmt: skip
         super().__init__(
-            params, core, maximize=maximize, transforms=transforms, nonfinite=nonfinite,
-            state_dtype=state_dtype,
-            lr=lr, rank=rank, update_proj_gap=update_proj_gap, scale=scale, gamma=gamma,
-            residual=residual, proj_type=proj_type, reproject_moments=reproject_moments,
-            betas=betas, eps=eps, weight_decay=weight_decay,
+            params, scaling, lr=lr, weight_decay=weight_decay, maximize=maximize,
+            transforms=transforms, nonfinite=nonfinite, state_dtype=state_dtype,
         )  # fmt: skip

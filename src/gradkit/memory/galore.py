@@ -210,6 +210,33 @@ def scale_by_galore(
     )  # fmt: skip
 
 
+class LowRankAdamOptimizer(GradkitOptimizer):
+    """The constructor GaLore, Q-GaLore and Fira share: ``[scaling, decay, lr]``.
+
+    ``scaling`` is the method's :class:`ScaleByGaLore` (or subclass); its hyperparameters become
+    the param groups' defaults next to ``lr`` and ``weight_decay``, so each can be overridden per
+    group and changed between steps.
+    """
+
+    def __init__(
+        self,
+        params: Params,
+        scaling: ScaleByGaLore,
+        *,
+        lr: float,
+        weight_decay: float,
+        maximize: bool,
+        transforms: Sequence[Any] | None,
+        nonfinite: str,
+        state_dtype: str,
+    ) -> None:
+        core = [scaling, add_decayed_weights(weight_decay), scale_by_lr(lr)]
+        super().__init__(
+            params, core, maximize=maximize, transforms=transforms, nonfinite=nonfinite,
+            state_dtype=state_dtype, lr=lr, weight_decay=weight_decay, **scaling.defaults,
+        )  # fmt: skip
+
+
 _COMMON_DOC = r"""
     Parameters are projected when their group's ``rank`` is not ``None`` and they are 2-D; all
     other parameters get plain Adam (same ``betas``, ``eps``, decoupled ``weight_decay``). Give
@@ -262,7 +289,7 @@ _COMMON_DOC = r"""
     url="https://arxiv.org/abs/2403.03507",
     state_floats=pj.galore_state_floats(TYPICAL_SHAPE, TYPICAL_RANK),
 )
-class GaLore(GradkitOptimizer):
+class GaLore(LowRankAdamOptimizer):
     __doc__ = (
         r"""GaLore (Zhao et al., ICML 2024): Adam on a rank-``r`` projection of the gradient.
 
@@ -314,18 +341,12 @@ class GaLore(GradkitOptimizer):
         nonfinite: str = "skip",
         state_dtype: str = "fp32",
     ) -> None:
-        core = [
-            scale_by_galore(betas, eps, rank, update_proj_gap, scale, proj_type,
-                            reproject_moments),
-            add_decayed_weights(weight_decay),
-            scale_by_lr(lr),
-        ]  # fmt: skip
+        scaling = scale_by_galore(
+            betas, eps, rank, update_proj_gap, scale, proj_type, reproject_moments
+        )
         super().__init__(
-            params, core, maximize=maximize, transforms=transforms, nonfinite=nonfinite,
-            state_dtype=state_dtype,
-            lr=lr, rank=rank, update_proj_gap=update_proj_gap, scale=scale,
-            proj_type=proj_type, reproject_moments=reproject_moments, betas=betas, eps=eps,
-            weight_decay=weight_decay,
+            params, scaling, lr=lr, weight_decay=weight_decay, maximize=maximize,
+            transforms=transforms, nonfinite=nonfinite, state_dtype=state_dtype,
         )  # fmt: skip
 
 
@@ -410,7 +431,7 @@ class ScaleByQGaLore(ScaleByGaLore):
     url="https://arxiv.org/abs/2407.08296",
     state_floats=pj.qgalore_state_bytes(TYPICAL_SHAPE, TYPICAL_RANK) / 4 / math.prod(TYPICAL_SHAPE),
 )
-class QGaLore(GradkitOptimizer):
+class QGaLore(LowRankAdamOptimizer):
     __doc__ = (
         r"""Q-GaLore (Zhang et al., 2024): GaLore with an INT4 basis and a lazy, per-layer gap.
 
@@ -475,21 +496,13 @@ class QGaLore(GradkitOptimizer):
         nonfinite: str = "skip",
         state_dtype: str = "fp32",
     ) -> None:
-        core = [
-            ScaleByQGaLore(
-                betas=betas, eps=eps, rank=rank, update_proj_gap=update_proj_gap, scale=scale,
-                proj_type="std", reproject_moments=reproject_moments,
-                proj_group_size=proj_group_size, cos_threshold=cos_threshold,
-                gamma_proj=gamma_proj, queue_size=queue_size,
-            ),
-            add_decayed_weights(weight_decay),
-            scale_by_lr(lr),
-        ]  # fmt: skip
-        super().__init__(
-            params, core, maximize=maximize, transforms=transforms, nonfinite=nonfinite,
-            state_dtype=state_dtype,
-            lr=lr, rank=rank, update_proj_gap=update_proj_gap, scale=scale,
+        scaling = ScaleByQGaLore(
+            betas=betas, eps=eps, rank=rank, update_proj_gap=update_proj_gap, scale=scale,
+            proj_type="std", reproject_moments=reproject_moments,
             proj_group_size=proj_group_size, cos_threshold=cos_threshold,
-            gamma_proj=gamma_proj, queue_size=queue_size, reproject_moments=reproject_moments,
-            betas=betas, eps=eps, weight_decay=weight_decay,
+            gamma_proj=gamma_proj, queue_size=queue_size,
+        )  # fmt: skip
+        super().__init__(
+            params, scaling, lr=lr, weight_decay=weight_decay, maximize=maximize,
+            transforms=transforms, nonfinite=nonfinite, state_dtype=state_dtype,
         )  # fmt: skip
