@@ -3,7 +3,9 @@
 The public API is flat: ``gradkit.chain``, ``gradkit.scale_by_lr``, ``gradkit.optim.AdamW``, ...
 """
 
-from gradkit import multitask, optim, schedules
+# optim first: gradkit.memory's low-rank optimizers build on it, and it re-exports them
+from gradkit import optim  # isort: skip
+from gradkit import bench, diagnostics, distributed, memory, multitask, privacy, schedules
 from gradkit.core import (
     NONFINITE_POLICIES,
     Chain,
@@ -79,7 +81,12 @@ __all__ = [
     "logit_range_radius",
     "masked",
     "maximize",
+    "bench",
+    "diagnostics",
+    "distributed",
+    "memory",
     "multitask",
+    "privacy",
     "newton_schulz",
     "normalize",
     "optim",

@@ -1,4 +1,4 @@
-"""The ``gradkit`` command."""
+"""The ``gradkit`` command: benchmark optimizers (``bench``), compare them quickly (``demo``), audit gradient leakage (``audit``) and diagnose training (``diagnose``)."""
 
 from __future__ import annotations
 
@@ -48,11 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
     demo.set_defaults(func=_demo)
     for module in SUBCOMMAND_MODULES:
-        try:
-            importlib.import_module(module).add_subparser(sub)
-        except ModuleNotFoundError as err:  # subsystem not written yet (removed once all exist)
-            if err.name is None or not module.startswith(err.name):
-                raise
+        importlib.import_module(module).add_subparser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 
