@@ -204,6 +204,10 @@ def _named_parameters(factory: Callable[..., Any]) -> set[str]:
 # Search ranges. Decoupled decay is multiplied by the learning rate, coupled (L2) decay is added
 # to the gradient, so the two need different ranges.
 LR_ADAM = Dim("lr", 1e-4, 1e-1)
+# Sign-like updates (Lion, Signum, signSGD) and Sophia's clipped update move every coordinate by
+# ~lr: the same three decades shifted ~3x below Adam's (Lion's paper: lr 3-10x below AdamW's), so
+# both ranges hold the other's best point and the Lion-vs-AdamW lr claim can be checked.
+LR_SIGN = Dim("lr", 3e-5, 3e-2)
 B1 = Dim("beta1", 0.8, 0.98, one_minus=True)
 B2 = Dim("beta2", 0.95, 0.999, one_minus=True)
 B3 = Dim("beta3", 0.99, 0.9999, one_minus=True)
@@ -300,16 +304,16 @@ def _table() -> dict[str, dict[str, Any]]:
                 "weight_decay": 0.01,
                 "rho": 0.04,
             },
-            "space": (Dim("lr", 1e-5, 1e-2), B1, WD_DECOUPLED, Dim("rho", 0.01, 0.1)),
+            "space": (LR_SIGN, B1, WD_DECOUPLED, Dim("rho", 0.01, 0.1)),
         },
         "Lion": {
             # Lion's paper: lr 3-10x below AdamW's, decay 3-10x above, same lr * wd
             "defaults": {"lr": 3e-4, "beta1": 0.9, "beta2": 0.99, "weight_decay": 0.03},
-            "space": (Dim("lr", 1e-5, 3e-3), B1, Dim("weight_decay", 1e-4, 3.0)),
+            "space": (LR_SIGN, B1, Dim("weight_decay", 1e-4, 3.0)),
         },
         "SGD": _momentum_like(0.1, 1e-3, 1.0, coupled=True, nesterov=True, weight_decay=1e-4),
         "SGDP": _momentum_like(0.1, 1e-3, 1.0, coupled=True, nesterov=True),
-        "Signum": _momentum_like(1e-3, 1e-5, 1e-2, coupled=False),
+        "Signum": _momentum_like(1e-3, LR_SIGN.low, LR_SIGN.high, coupled=False),
         "LARS": _momentum_like(1.0, 0.03, 30.0, coupled=False),
         "InducedMetric": _momentum_like(0.1, 1e-3, 1.0, coupled=False),
         "RMSprop": {
@@ -322,7 +326,7 @@ def _table() -> dict[str, dict[str, Any]]:
         },
         "SignSGD": {
             "defaults": {"lr": 1e-3, "weight_decay": 0.0},
-            "space": (Dim("lr", 1e-5, 1e-2), WD_DECOUPLED),
+            "space": (LR_SIGN, WD_DECOUPLED),
         },
         "Gravity": {"defaults": {"lr": 0.1}, "space": (Dim("lr", 1e-3, 1.0),)},
         # OASIS's adaptive step assumes full-batch gradients; on minibatches the paper's

@@ -25,6 +25,7 @@ keeps those written and draws the rest anew.)
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -120,10 +121,13 @@ def _quiet_optuna() -> None:
 def _load_study(storage: Any, key: StudyKey, sampler_seed: int) -> Any:
     import optuna
 
+    # each optimizer's studies draw their own scrambled Halton points (a stable hash of the name):
+    # with one shared sequence every method would try the same relative positions in its range,
+    # and comparisons of best learning rates would measure the ranges, not the methods
+    seed = sampler_seed + key.study + zlib.crc32(key.optimizer.encode()) % 1_000_003
     sampler = optuna.samplers.QMCSampler(
-        qmc_type="halton", scramble=True, seed=sampler_seed + key.study,
-        warn_independent_sampling=False,
-    )  # fmt: skip
+        qmc_type="halton", scramble=True, seed=seed, warn_independent_sampling=False
+    )
     return optuna.create_study(
         study_name=key.name, storage=storage, sampler=sampler,
         pruner=optuna.pruners.NopPruner(), direction="minimize", load_if_exists=True,
