@@ -119,3 +119,25 @@ def test_tune_restricts_the_search_and_report_separates_modes(
     assert main(argv) == 0 and "3 runs" in capsys.readouterr().out
     err = _error_line(capsys, ["bench", "report", "--db", str(out / "bench.db"), "--mode", "x"])
     assert "no runs with mode 'x'" in err
+
+
+def test_state_policy_variant_pairs_with_its_base(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from gradkit.bench.claims import check_8bit
+    from gradkit.bench.storage import load_records, open_storage
+
+    out = tmp_path / "out"
+    argv = ["bench", "run", "--workloads", TINY, "--optimizers", "AdamW,AdamW@q8",
+            "--trials", "3", "--seeds", "1", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    records = load_records(open_storage(str(out / "bench.db"), heartbeat=False))
+    by = {(r.optimizer, r.trial): r for r in records}
+    for trial in range(3):  # the variant draws its base's Halton points, trial for trial
+        assert by[("AdamW@q8", trial)].hparams["lr"] == by[("AdamW", trial)].hparams["lr"]
+        assert by[("AdamW@q8", trial)].hparams["state_dtype"] == "q8"
+    claim = check_8bit(records)
+    assert claim.held is not None and "3 pair(s)" in claim.measured  # paired, not "not measured"
+    err = _error_line(capsys, ["bench", "run", "--optimizers", "AdamW@int3", "--out", str(out)])
+    assert "Invalid state policy" in err and "q8" in err

@@ -253,6 +253,10 @@ def _list(args: argparse.Namespace) -> int:
     print("optimizers:")
     for name, spec in builtin_specs().items():
         print(f"  {name:18s} {spec.description}; searches {spec.describe_space()}")
+    print(
+        "  (append @bf16 or @q8 to any of them for that optimizer with compressed state, "
+        "e.g. AdamW@q8)"
+    )
     print("suites:")
     for name, suite in SUITES.items():
         print(f"  {name:18s} {suite.summary()}")

@@ -365,6 +365,27 @@ def builtin_specs() -> dict[str, OptimizerSpec]:
     return specs
 
 
+STATE_POLICIES = ("fp32", "bf16", "q8")
+
+
+def state_policy_variant(spec: OptimizerSpec, policy: str) -> OptimizerSpec:
+    """``"<Optimizer>@<policy>"``: the same optimizer, search space and schedule with its state
+    stored as ``state_dtype=policy`` (gradkit optimizers only), e.g. ``AdamW@q8``. The variant's
+    studies draw the same Halton points as the base optimizer's (see ``tuning``), so its trials
+    pair with the base's trial for trial: the published-claims check "8-bit state matches 32-bit
+    state" compares them."""
+    if policy not in STATE_POLICIES:
+        raise ValueError(
+            f"Invalid state policy in {spec.name}@{policy}: choose from {', '.join(STATE_POLICIES)}"
+        )
+    return dataclasses.replace(
+        spec,
+        name=f"{spec.name}@{policy}",
+        defaults={**spec.defaults, "state_dtype": policy},
+        description=f"{spec.description}; state_dtype={policy!r}",
+    )
+
+
 def spec_for_class(name: str, cls: Callable[..., torch.optim.Optimizer]) -> OptimizerSpec:
     """A spec for any optimizer class taking ``(params, lr=...)``: its own defaults, and ``lr``
     searched log-uniformly over ``[default/30, 30*default]`` (``default`` = the signature's
@@ -430,6 +451,9 @@ def get_spec(name: str) -> OptimizerSpec:
             f"OptimizerSpec, got {type(obj).__name__}"
         )
     specs = builtin_specs()
+    base, at, policy = name.partition("@")
+    if at and base in specs:
+        return state_policy_variant(specs[base], policy)
     if name not in specs:
         raise ValueError(
             f"Unknown optimizer: {name!r}; choose from: {', '.join(specs)} "

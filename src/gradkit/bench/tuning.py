@@ -124,7 +124,9 @@ def _load_study(storage: Any, key: StudyKey, sampler_seed: int) -> Any:
     # each optimizer's studies draw their own scrambled Halton points (a stable hash of the name):
     # with one shared sequence every method would try the same relative positions in its range,
     # and comparisons of best learning rates would measure the ranges, not the methods
-    seed = sampler_seed + key.study + zlib.crc32(key.optimizer.encode()) % 1_000_003
+    # (a state-policy variant "AdamW@q8" shares AdamW's points so their trials pair up)
+    base = key.optimizer.partition("@")[0]
+    seed = sampler_seed + key.study + zlib.crc32(base.encode()) % 1_000_003
     sampler = optuna.samplers.QMCSampler(
         qmc_type="halton", scramble=True, seed=seed, warn_independent_sampling=False
     )
