@@ -20,6 +20,10 @@ class GradkitOptimizer(ChainOptimizer):
     A named optimizer is ``chain(maximize(), *transforms, *core)`` where ``core`` is the paper's
     update and ``transforms`` are the user's extra gradient transforms (clipping, ...), applied to
     the gradient before the update rule.
+
+    Every named optimizer also takes ``nonfinite`` (see :class:`gradkit.ChainOptimizer`) and
+    ``state_dtype="fp32" | "bf16" | "q8"``: how its state is stored (the update is always
+    computed in fp32; see :mod:`gradkit.memory.storage`), also settable per param group.
     """
 
     paper: str = ""
