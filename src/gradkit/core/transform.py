@@ -124,6 +124,16 @@ class Transform:
         return f"{self.name}({args})"
 
 
+def adopt_state_of(wrapper: Transform, inner: Transform) -> None:
+    """Give a transform that keeps ``inner``'s state under ``inner``'s name (``when``, momentum
+    reset) the same name and the same state declarations, so a compressed storage policy treats
+    that state exactly as ``inner`` asked."""
+    wrapper.name = inner.name
+    wrapper.nonnegative_state = inner.nonnegative_state
+    wrapper.exact_state = inner.exact_state
+    wrapper.per_parameter = inner.per_parameter
+
+
 class GroupTransform(Transform):
     """A transform that works one param group at a time.
 
@@ -286,10 +296,7 @@ class When(GroupTransform):
         self.inner = inner
         self.flag = flag
         self.value = value
-        self.name = inner.name
-        self.nonnegative_state = inner.nonnegative_state
-        self.exact_state = inner.exact_state
-        self.per_parameter = inner.per_parameter
+        adopt_state_of(self, inner)
         super().__init__(**{**inner.defaults, flag: default})
 
     def validate(self, hp: Mapping[str, Any]) -> None:

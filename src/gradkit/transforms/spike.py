@@ -40,7 +40,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradkit.core.transform import Context, GroupTransform, Segment, State, Transform, zeros_state
+from gradkit.core.transform import (
+    Context,
+    GroupTransform,
+    Segment,
+    State,
+    Transform,
+    adopt_state_of,
+    zeros_state,
+)
 from gradkit.core.validation import (
     check_bool,
     check_nonnegative,
@@ -194,11 +202,7 @@ class MomentumReset(GroupTransform):
         if len(inner.leaves()) != 1:
             raise TypeError("momentum_reset() wraps a single transform, not a chain")
         self.inner = inner
-        self.name = inner.name
-        # same state as the inner transform: the storage policy must treat it the same way
-        self.nonnegative_state = inner.nonnegative_state
-        self.exact_state = inner.exact_state
-        self.per_parameter = inner.per_parameter
+        adopt_state_of(self, inner)
         self.stage = inner.stage
         if inner.defaults.get("reset_interval", reset_interval) != reset_interval:
             raise ValueError(
