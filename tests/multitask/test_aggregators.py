@@ -315,3 +315,11 @@ def test_stateless_load_state_dict_rejects_state():
     assert Mean().state_dict() == {}
     with pytest.raises(ValueError, match="stateless"):
         UPGrad().load_state_dict({"x": 1})
+
+
+def test_imtlg_tiny_gradients_keep_their_direction():
+    # found by hypothesis in CI: a 1x1 matrix of 3.8e-157 has a subnormal Gramian and pinv gave nan
+    matrix = torch.tensor([[3.8383e-157]], dtype=torch.float64)
+    torch.testing.assert_close(IMTLG()(matrix), matrix[0])
+    pair = torch.tensor([[1e-160, 0.0], [0.0, 2e-160]], dtype=torch.float64)
+    torch.testing.assert_close(IMTLG()(pair) / 1e-160, IMTLG()(pair / 1e-160))

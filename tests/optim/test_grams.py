@@ -34,7 +34,9 @@ def test_sign_is_the_gradients_and_magnitude_is_adams() -> None:
         adam.step()
         step, adam_step = before_ours - ours.detach(), before_adam - adams.detach()
         assert torch.equal(torch.sign(step), torch.sign(grad))  # zero gradient: no move
-        torch.testing.assert_close(step.abs(), adam_step.abs() * (grad != 0), rtol=1e-12, atol=0)
+        torch.testing.assert_close(
+            step.abs(), adam_step.abs() * (grad != 0), rtol=1e-12, atol=1e-15
+        )
         assert torch.equal(ours.grad, grad)  # p.grad untouched (official code overwrites it)
         disagreements += int((torch.sign(adam_step) != torch.sign(grad)).sum())
         adams.data.copy_(ours.detach())  # keep both on the same point

@@ -97,3 +97,17 @@ def quadratic_problem(dim: int = 10, seed: int = 0):
     a = q @ torch.diag(eig) @ q.T
     b = torch.randn(dim, generator=g, dtype=torch.float64)
     return a, b, torch.linalg.solve(a, b)
+
+
+def all_specs() -> list[Spec]:
+    """Every contract spec from the ``support/specs_*.py`` modules."""
+    import importlib
+    import pkgutil
+
+    import support
+
+    specs = []
+    for mod in pkgutil.iter_modules(support.__path__):
+        if mod.name.startswith("specs_"):
+            specs += importlib.import_module(f"support.{mod.name}").SPECS
+    return specs

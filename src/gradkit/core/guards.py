@@ -33,9 +33,34 @@ def nonfinite_indices(tensors: Sequence[Tensor]) -> list[int]:
     nonempty = [i for i, t in enumerate(tensors) if t.numel()]
     if not nonempty:
         return []
+    native = _native_nonfinite([tensors[i] for i in nonempty])
+    if native is not None:
+        return [nonempty[j] for j in native]
     norms = torch._foreach_norm([tensors[i] for i in nonempty])
     flagged = (~torch.stack(norms).isfinite()).nonzero().flatten().tolist()
     return [nonempty[j] for j in flagged if not bool(tensors[nonempty[j]].isfinite().all())]
+
+
+def _native_nonfinite(tensors: list[Tensor]) -> list[int] | None:
+    """The native one-pass check (a read of every gradient at memory speed; torch's foreach
+    2-norm runs at about a third of that on CPU), or None where it does not apply."""
+    from gradkit import _native
+
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for i, t in enumerate(tensors):
+        by_dtype.setdefault(t.dtype, []).append(i)
+    if not all(_native.eligible([[tensors[i] for i in idx]]) for idx in by_dtype.values()):
+        return None
+    if not _native.available():
+        return None
+    bad = []
+    for idx in by_dtype.values():
+        out = torch.zeros(len(idx), _native.OUT_WIDTH, dtype=torch.float64)
+        _native.kernel("nonfinite").run(
+            [[tensors[i] for i in idx]], out.new_zeros(len(idx)), (), out
+        )
+        bad += [idx[j] for j in out[:, 0].nonzero().flatten().tolist()]
+    return sorted(bad)
 
 
 @dataclass

@@ -210,8 +210,11 @@ class ChainOptimizer(torch.optim.Optimizer):
         self._init_state(params, work, segments)
         step_tensors = [self.state[p]["step"] for p in params]
         torch._foreach_add_(step_tensors, 1.0)
-        if not self._fused_step(params, work, grads, segments):
+        rest = self._fast_step(params, work, grads, segments)
+        if len(rest) == len(segments):
             self._run_chain(params, work, grads, segments, step_tensors, names or [])
+        elif rest:
+            self._run_chain(*_restrict(rest, params, work, grads, step_tensors, names))
         for p, w in zip(params, work, strict=True):
             if w is not p:
                 p.copy_(w)
@@ -237,20 +240,22 @@ class ChainOptimizer(torch.optim.Optimizer):
         else:
             self._apply_lr_step(work, updates, segments)
 
-    def _fused_step(
+    def _fast_step(
         self,
         params: list[Tensor],
         work: list[Tensor],
         grads: list[Tensor],
         segments: list[Segment],
-    ) -> bool:
-        """Hook for a whole-step fused kernel: run it and return True, or return False.
+    ) -> list[Segment]:
+        """Hook for whole-step fused kernels: update the segments (param groups) a kernel can
+        handle and return the others, which then run the chain.
 
-        Called after state exists and step counts are incremented. The kernel must produce the
-        same parameters and the same state (under the same keys) as the chain.
+        Called after state exists and step counts are incremented. A kernel must produce the same
+        parameters and the same state (under the same keys) as the chain; ``work`` holds the
+        tensors to update (fp32 copies of low-precision parameters).
         """
-        del params, work, grads, segments
-        return False
+        del params, work, grads
+        return segments
 
     def _apply_lr_step(
         self, work: list[Tensor], updates: list[Tensor], segments: list[Segment]
@@ -443,6 +448,29 @@ def _with_grads(group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
         params.append(p)
         grads.append(p.grad)
     return params, grads
+
+
+def _restrict(
+    segments: list[Segment],
+    params: list[Tensor],
+    work: list[Tensor],
+    grads: list[Tensor],
+    step_tensors: list[Tensor],
+    names: list[str | None] | None,
+) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Segment], list[Tensor], list[str | None]]:
+    """The arguments of ``_run_chain`` restricted to ``segments`` (re-indexed)."""
+    out: tuple[list, list, list, list, list, list] = ([], [], [], [], [], [])
+    sub_params, sub_work, sub_grads, sub_segments, sub_steps, sub_names = out
+    for seg in segments:
+        sl = slice(seg.start, seg.stop)
+        start = len(sub_params)
+        sub_params += params[sl]
+        sub_work += work[sl]
+        sub_grads += grads[sl]
+        sub_steps += step_tensors[sl]
+        sub_names += names[sl] if names else [None] * (seg.stop - seg.start)
+        sub_segments.append(Segment(start, len(sub_params), seg.hp))
+    return out
 
 
 def _names(group: dict[str, Any], params: list[Tensor]) -> list[str | None]:

@@ -27,7 +27,15 @@ class IMTLG(WeightedAggregator):
     """
 
     def compute_weights(self, matrix: Tensor) -> Tensor:
-        gram = (matrix @ matrix.T).to(torch.float64)
+        # the weights are invariant to scaling J; normalising first keeps the Gramian out of the
+        # subnormal range (|J| ~ 1e-157 squares to ~1e-313, where pinv returns nan)
+        peak = matrix.detach().abs().max().to(torch.float64)
+        if peak == 0:
+            return torch.zeros(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
+        unit = matrix.to(torch.float64)
+        if torch.isfinite(peak):  # non-finite gradients stay non-finite (no silent repair)
+            unit = unit / peak
+        gram = unit @ unit.T
         v = torch.linalg.pinv(gram, hermitian=True) @ gram.diagonal().clamp_min(0).sqrt()
         total = v.sum()
         scale = gram.diagonal().sum().sqrt()

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import torch
+from torch import Tensor
+
+from gradkit import _native
 from gradkit.core.optimizer import ChainOptimizer, split_lr_tail
-from gradkit.core.transform import Transform, chain
+from gradkit.core.transform import Segment, Transform, chain
 from gradkit.transforms.basic import maximize as _maximize
 
 Params = Iterable[Any]
@@ -43,10 +47,62 @@ class GradkitOptimizer(ChainOptimizer):
         **hyperparams: Any,
     ) -> None:
         full = chain(_maximize(maximize), *place_transforms(core, transforms or ()))
+        self._plain = not transforms
         super().__init__(
             params, full, nonfinite=nonfinite, state_dtype=state_dtype, maximize=maximize,
             foreach=foreach, **hyperparams,
         )  # fmt: skip
+
+    # -- the native fast path ---------------------------------------------------------------
+    use_native: bool = True
+    """Run the native one-pass kernel where this optimizer has one (see :mod:`gradkit._native`);
+    False runs the readable chain of multi-tensor ops (tests compare the two)."""
+
+    def native_spec(self, hp: Mapping[str, Any]) -> NativeSpec | None:
+        """The native kernel for a group with hyperparameters ``hp``, or None (readable path).
+
+        Overridden by optimizers that have a kernel; it is only asked when the chain is the
+        paper's update alone (no ``transforms=``) and state is stored in fp32.
+        """
+        del hp
+        return None
+
+    def _fast_step(self, params, work, grads, segments):
+        rest = super()._fast_step(params, work, grads, segments)
+        if not (self.use_native and self._plain):
+            return rest
+        todo = []
+        for seg in rest:
+            spec = self.native_spec(seg.hp)
+            if spec is None or not _native.available():
+                todo.append(seg)
+                continue
+            sl = slice(seg.start, seg.stop)
+            states = [self.state[p] for p in params[sl]]
+            lists = [work[sl], grads[sl], *([s[k] for s in states] for k in spec.state)]
+            if not _native.eligible(lists):
+                todo.append(seg)
+                continue
+            steps = torch.stack([s["step"] for s in states])
+            self._run_native(spec, lists, steps, seg)
+        return todo
+
+    def _run_native(
+        self, spec: NativeSpec, lists: list[list[Tensor]], steps: Tensor, seg: Segment
+    ) -> None:
+        """Run ``spec`` on one group (override for kernels that need a second phase)."""
+        del seg
+        _native.kernel(spec.kernel).run(lists, steps, spec.hp)
+
+
+@dataclass(frozen=True)
+class NativeSpec:
+    """Which native kernel runs a group: its name (``gk_<kernel>_f32/_f64`` in
+    ``gradkit/_native/*.c``), the state keys in the kernel's order, and its scalar arguments."""
+
+    kernel: str
+    state: tuple[str, ...]
+    hp: tuple[float, ...]
 
 
 def place_transforms(core: Sequence[Transform], extra: Sequence[Transform]) -> list[Transform]:

@@ -16,7 +16,13 @@ from torch import Tensor
 
 from gradkit.core.transform import GroupTransform, State, Transform, when, zeros_state
 from gradkit.core.validation import check_betas, check_bool, check_positive
-from gradkit.optim._base import GradkitOptimizer, Params, register, torch_only_flags
+from gradkit.optim._base import (
+    GradkitOptimizer,
+    NativeSpec,
+    Params,
+    register,
+    torch_only_flags,
+)
 from gradkit.transforms.basic import add_decayed_weights, add_l2, scale_by_lr
 
 
@@ -102,17 +108,15 @@ _ADAM_DOC_COMMON = """
 class _FusedAdamMixin(GradkitOptimizer):
     """``fused=True``: the whole Adam/AdamW step in torch's fused kernel, on gradkit's state."""
 
-    def _fused_step(self, params, work, grads, segments):
-        if not all(seg.hp.get("fused") for seg in segments):
-            return False
+    def _fast_step(self, params, work, grads, segments):
+        rest = []
         for seg in segments:
+            if not seg.hp.get("fused"):
+                rest.append(seg)
+                continue
             hp, sl = seg.hp, slice(seg.start, seg.stop)
             states = [self.state[p] for p in params[sl]]
-            kernel = (
-                torch._fused_adamw_
-                if hp.get("decoupled_weight_decay", type(self) is AdamW)
-                else torch._fused_adam_
-            )
+            kernel = torch._fused_adamw_ if self._decoupled(hp) else torch._fused_adam_
             kernel(
                 work[sl],
                 grads[sl],
@@ -130,7 +134,21 @@ class _FusedAdamMixin(GradkitOptimizer):
                 grad_scale=None,
                 found_inf=None,
             )
-        return True
+        return super()._fast_step(params, work, grads, rest) if rest else []
+
+    def _decoupled(self, hp) -> bool:
+        return bool(hp.get("decoupled_weight_decay", type(self) is AdamW))
+
+    def native_spec(self, hp):
+        keys = ("adam.exp_avg", "adam.exp_avg_sq")
+        if hp["amsgrad"]:
+            keys += ("adam.max_exp_avg_sq",)
+        wd = float(hp["weight_decay"])
+        decoupled = self._decoupled(hp)
+        b1, b2 = hp["betas"]
+        args = (float(hp["lr"]), b1, b2, hp["eps"], wd if decoupled else 0.0,
+                0.0 if decoupled else wd, hp["maximize"], hp["amsgrad"])  # fmt: skip
+        return NativeSpec("adam", keys, tuple(float(a) for a in args))
 
 
 def _check_fused(fused: bool | None, transforms: Sequence[Transform] | None) -> bool:

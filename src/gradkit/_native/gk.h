@@ -1,0 +1,32 @@
+/* Shared conventions of gradkit's native optimizer kernels (see gradkit/_native/__init__.py).
+ *
+ * Every kernel source is compiled twice, with -DGK_T=float -DGK_SFX=_f32 and
+ * -DGK_T=double -DGK_SFX=_f64, into one shared library. Every kernel has the signature
+ *
+ *   void NAME(int64_t n, const int64_t *numel, const double *step, void **ptrs,
+ *             const double *hp, double *out, int nthreads)
+ *
+ * n tensors; numel[i] elements of tensor i; step[i] its step count (already incremented);
+ * ptrs is an [k][n] table of data pointers (parameters, gradients, then state tensors in the
+ * order the Python side declares); hp the group's hyperparameters; out an [n][GK_OUT] scratch
+ * array for per-tensor reductions (zeroed by the caller). Arithmetic is in GK_T, scalars derived
+ * from hyperparameters in double and rounded once, as torch does with Python scalars.
+ */
+#include <tgmath.h>
+#include <stdint.h>
+
+#ifndef GK_T
+#define GK_T float
+#define GK_SFX _f32
+#endif
+typedef GK_T T;
+#define GK_CAT2(a, b) a##b
+#define GK_CAT(a, b) GK_CAT2(a, b)
+#define GK_FN(name) GK_CAT(name, GK_SFX)
+#define GK_OUT 4
+#define GK_ARGS                                                                              \
+    int64_t n, const int64_t *numel, const double *step, void **ptrs, const double *hp,     \
+        double *out, int nthreads
+/* tensor list j (0 = parameters, 1 = gradients, 2.. = state), tensor i */
+#define GK_PTR(j, i) ((T *)ptrs[(int64_t)(j) * n + (i)])
+static inline T gk_sign(T x) { return (T)((x > 0) - (x < 0)); }
