@@ -18,7 +18,7 @@ Methods (same number of inner steps each):
                 plain SGD after the hook
   dense_adamw   DDP, AdamW (the DiLoCo family's baseline)
   diloco        DiLoCo H=50, inner AdamW, outer Nesterov SGD lr 0.7 momentum 0.9
-  streaming     Streaming DiLoCo H=50, 2 fragments, tau=5, alpha=0.5, 4-bit outer gradients
+  streaming     Streaming DiLoCo H=50, 2 fragments, tau=5, alpha=0.5, FP4 (E3M0) outer gradients
   sparseloco    SparseLoCo H=50, chunk Top-64 of 4096 + 2-bit values, EF decay 0.95, outer lr 1
 
 Bytes are what each rank hands to collectives (gradkit.distributed.CommunicationCounters); the

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from gradkit.distributed import (
     EF21,
+    FP4E3M0,
     QSGD,
     ChunkTopK,
     ErrorFeedback,
@@ -37,6 +38,8 @@ QUANTIZERS = {
     "qsgd4": lambda: QSGD(bits=4),
     "qsgd8": lambda: QSGD(bits=8, bucket_size=64),
     "chunk_topk_2bit": lambda: ChunkTopK(chunk_size=16, k=4, value_bits=2),
+    "fp4": FP4E3M0,
+    "fp4_stochastic": lambda: FP4E3M0(block_size=32, stochastic=True),
 }
 ALL = {**SPARSIFIERS, **QUANTIZERS}
 
@@ -96,6 +99,8 @@ def _expected_bytes(name: str, numel: int) -> int:
         "qsgd2": math.ceil(numel * 2 / 8) + 4 * math.ceil(numel / 32),
         "qsgd4": math.ceil(numel * 4 / 8) + 4 * math.ceil(numel / 512),
         "qsgd8": numel + 4 * math.ceil(numel / 64),
+        "fp4": math.ceil(numel / 2) + 4 * math.ceil(numel / 128),
+        "fp4_stochastic": math.ceil(numel / 2) + 4 * math.ceil(numel / 32),
         "chunk_topk_2bit": math.ceil(math.ceil(numel / 16) * 4 * 2 / 8)
         + 4 * 4
         + math.ceil(numel / 16) * 4 * 2,
@@ -245,3 +250,48 @@ def test_codec_state_dict_round_trip_continues_identically(make):
 def test_bad_arguments_name_the_argument(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_fp4_e3m0_represents_signed_powers_of_two_of_the_block_scale_exactly():
+    scale = 3.0
+    exact = torch.tensor([scale, -scale / 2, scale / 4, 0.0, -scale / 64, scale / 8, 0.0, 0.0])
+    compressor = FP4E3M0(block_size=8)
+    assert torch.equal(compressor.decompress(compressor.compress(exact)), exact)
+
+
+def test_fp4_e3m0_rounds_to_the_nearest_level():
+    compressor = FP4E3M0(block_size=4)
+    x = torch.tensor([1.0, 0.74, 0.76, -0.3])  # levels ... 0.25, 0.5, 1: 0.74 -> 0.5, 0.76 -> 1
+    y = compressor.decompress(compressor.compress(x))
+    assert torch.equal(y, torch.tensor([1.0, 0.5, 1.0, -0.25]))
+    # below the smallest level 2^-6: nearest of {0, 2^-6}
+    tiny = compressor.decompress(compressor.compress(torch.tensor([1.0, 0.003, 0.012, 0.0])))
+    assert torch.equal(tiny, torch.tensor([1.0, 0.0, 2.0**-6, 0.0]))
+
+
+def test_fp4_e3m0_error_is_at_most_a_third_of_each_entry_above_the_smallest_level():
+    x = torch.randn(4096, generator=torch.Generator().manual_seed(0))
+    compressor = FP4E3M0()
+    y = compressor.decompress(compressor.compress(x))
+    scales = x.view(-1, 128).abs().amax(1).repeat_interleave(128)
+    above = x.abs() >= scales * 2.0**-6
+    assert ((y - x).abs()[above] <= x.abs()[above] / 3 + 1e-7).all()
+    assert (torch.sign(y[y != 0]) == torch.sign(x[y != 0])).all()
+
+
+def test_fp4_e3m0_stochastic_rounding_is_unbiased_and_resumable():
+    x = torch.randn(64, generator=torch.Generator().manual_seed(2)) * 0.3
+    compressor = FP4E3M0(block_size=64, stochastic=True, seed=1)
+    draws = torch.stack([compressor.decompress(compressor.compress(x)) for _ in range(4000)])
+    torch.testing.assert_close(draws.mean(0), x, atol=0.02, rtol=0)
+    saved = compressor.state_dict()
+    first = compressor.compress(x).tensors[0].clone()
+    compressor.load_state_dict(saved)
+    assert torch.equal(compressor.compress(x).tensors[0], first)
+
+
+def test_fp4_e3m0_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="Invalid block_size: 0"):
+        FP4E3M0(block_size=0)
+    with pytest.raises(ValueError, match="Invalid stochastic"):
+        FP4E3M0(stochastic=1)

@@ -15,6 +15,7 @@ from gradkit.distributed._exchange import CommunicationError, ExchangeItem, star
 from gradkit.distributed.accounting import CommunicationCounters
 from gradkit.distributed.compressors import (
     EF21,
+    FP4E3M0,
     QSGD,
     ChunkTopK,
     Compressed,
@@ -59,6 +60,7 @@ __all__ = [
     "Compressor",
     "DiLoCo",
     "ErrorFeedback",
+    "FP4E3M0",
     "ExchangeItem",
     "GradientCodec",
     "NoCompression",

@@ -35,6 +35,7 @@ __all__ = [
     "Compressed",
     "Compressor",
     "ErrorFeedback",
+    "FP4E3M0",
     "GradientCodec",
     "NoCompression",
     "NoFeedback",
@@ -377,6 +378,80 @@ class QSGD(_Seeded):
         signed = unpack_bits(packed, self.bits, numel).to(torch.float32) - self.levels
         per_entry = norms.repeat_interleave(self.bucket_size)[:numel]
         return (signed * per_entry / self.levels).to(message.dtype).reshape(message.shape)
+
+
+class FP4E3M0(Compressor):
+    r"""4-bit floating point with 3 exponent bits and no mantissa (E3M0), the outer-gradient
+    format of Streaming DiLoCo (Douillard et al., arXiv:2501.18512, section 2.3), with one
+    float32 scale per block of ``block_size`` entries (as microscaling formats share a scale).
+
+    Code = sign bit + 3-bit exponent index :math:`j`: :math:`j = 0` is zero and :math:`j \ge 1`
+    is :math:`s\,2^{j-7}`, so a block holds magnitudes :math:`s\{2^{-6}, \dots, 2^{-1}, 1\}` with
+    :math:`s` its absmax (the block's largest entry is exact). Each entry rounds to the nearest
+    representable magnitude (ties and the gap below :math:`s\,2^{-6}` to nearest, in the
+    linear domain), or, with ``stochastic=True``, to one of its two neighbours with the
+    probabilities that make the code unbiased. Sends ``ceil(n / 2)`` bytes of codes and
+    ``4 * ceil(n / block_size)`` bytes of scales.
+
+    The paper does not specify the scaling granularity or rounding; the block scale and nearest
+    rounding are our choices (torchft, the reference implementation, sends fp8/int8 instead).
+    """
+
+    MAX_EXPONENT = 7
+
+    def __init__(self, block_size: int = 128, stochastic: bool = False, seed: int = 0) -> None:
+        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+            raise ValueError(f"Invalid block_size: {block_size!r} (must be an integer >= 1)")
+        if not isinstance(stochastic, bool):
+            raise ValueError(f"Invalid stochastic: {stochastic!r} (expected True or False)")
+        self.block_size, self.stochastic, self.seed = block_size, stochastic, seed
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def _config(self) -> dict[str, Any]:
+        return {"block_size": self.block_size, "stochastic": self.stochastic}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self._generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "generator" in state:
+            self._generator.set_state(state["generator"])
+
+    def levels(self, device: torch.device | None = None) -> Tensor:
+        """Representable magnitudes of a unit-scale block, code order: 0, 2^-6, ..., 1."""
+        powers = torch.arange(1, self.MAX_EXPONENT + 1, dtype=torch.float32, device=device)
+        return torch.cat([torch.zeros(1, device=device), torch.exp2(powers - self.MAX_EXPONENT)])
+
+    def compress(self, tensor: Tensor) -> Compressed:
+        flat = tensor.reshape(-1).float()
+        n = flat.numel()
+        padded = torch.zeros(math.ceil(n / self.block_size) * self.block_size, device=flat.device)
+        padded[:n] = flat
+        blocks = padded.view(-1, self.block_size)
+        scales = blocks.abs().amax(dim=1)
+        unit = (blocks.abs() / scales.clamp_min(torch.finfo(torch.float32).tiny)[:, None]).view(-1)
+        levels = self.levels(flat.device)
+        upper = torch.searchsorted(levels, unit.clamp(max=1.0)).clamp_(1, self.MAX_EXPONENT)
+        low, high = levels[upper - 1], levels[upper]
+        frac = (unit - low) / (high - low)
+        if self.stochastic:
+            draw = torch.rand(unit.shape, generator=self._generator).to(flat.device)
+            up = draw < frac
+        else:
+            up = frac >= 0.5
+        index = torch.where(up, upper, upper - 1)
+        sign = (padded < 0) & (index > 0)
+        codes = (index + 8 * sign.long())[:n]
+        return Compressed((pack_bits(codes, 4), scales), tensor.shape, tensor.dtype)
+
+    def decompress(self, message: Compressed) -> Tensor:
+        packed, scales = message.tensors
+        n = math.prod(message.shape)
+        codes = unpack_bits(packed, 4, n)
+        magnitude = self.levels(packed.device)[codes % 8]
+        per_entry = scales.repeat_interleave(self.block_size)[:n]
+        values = torch.where(codes >= 8, -magnitude, magnitude) * per_entry
+        return values.to(message.dtype).reshape(message.shape)
 
 
 class ChunkTopK(Compressor):

@@ -23,8 +23,10 @@ parameters. One engine, :class:`DiLoCo`, implements the family:
   :math:`(f+1)H/P + jH`, so one fragment is in flight at a time; its all-reduce starts ``tau``
   inner steps before it is applied (overlap) and the result is mixed,
   :math:`\theta \leftarrow \alpha\,\theta_\text{local} + (1-\alpha)\,\theta_\text{global}`;
-  outer gradients are sent in low precision. Deviation: the paper sends FP4 (E3M0); we default
-  to 4-bit QSGD (:class:`~gradkit.distributed.compressors.QSGD`), any compressor can be passed.
+  outer gradients are sent in 4-bit floating point, E3M0
+  (:class:`~gradkit.distributed.compressors.FP4E3M0`, our default too; the paper leaves the
+  scaling granularity open: we share one float32 scale per 128 entries); any compressor can be
+  passed (e.g. 4-bit QSGD, which is unbiased).
   torchft's default ``fragment_update_alpha`` is 0; the paper uses 0.5 (our default).
 - **SparseLoCo** — Sarfi, Thérien, Lidin & Belilovsky, "Communication Efficient LLM
   Pre-training with SparseLoCo", arXiv:2508.15706, 2025 (paper code not public; compared
@@ -58,7 +60,7 @@ from torch import Tensor, nn
 from gradkit.distributed._exchange import ExchangeItem, PendingExchange, start_exchange
 from gradkit.distributed.accounting import CommunicationCounters
 from gradkit.distributed.compressors import (
-    QSGD,
+    FP4E3M0,
     ChunkTopK,
     Compressor,
     ErrorFeedback,
@@ -327,7 +329,7 @@ class DiLoCo:
 
 class StreamingDiLoCo(DiLoCo):
     """DiLoCo with fragments, overlap and mixing; defaults: 4 fragments, ``tau`` = 1,
-    ``alpha`` = 0.5, 4-bit QSGD outer gradients (see the module docstring)."""
+    ``alpha`` = 0.5, FP4 (E3M0) outer gradients (see the module docstring)."""
 
     def __init__(
         self,
@@ -348,7 +350,7 @@ class StreamingDiLoCo(DiLoCo):
             fragments=fragments,
             overlap=overlap,
             alpha=alpha,
-            codec=QSGD(bits=4) if codec is None else codec,
+            codec=FP4E3M0() if codec is None else codec,
             **options,
         )
 
