@@ -28,11 +28,12 @@ import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["available", "kernel", "library", "Kernel", "OUT_WIDTH"]
+__all__ = ["available", "function", "kernel", "library", "Kernel", "OUT_WIDTH"]
 
 SOURCE_DIR = Path(__file__).parent
 OUT_WIDTH = 4  # GK_OUT in gk.h: per-tensor reduction slots
@@ -78,6 +79,7 @@ def _build(cc: str, out: Path) -> None:
                 obj = Path(tmp) / f"{src.stem}{suffix}.o"
                 objects.append(str(obj))
                 cmd = [cc, *_FLAGS, f"-DGK_T={ctype}", f"-DGK_SFX={suffix}", f"-I{SOURCE_DIR}"]
+                cmd += ["-DGK_DOUBLE"] if ctype == "double" else []
                 cmd += ["-c", str(src), "-o", str(obj)]
                 procs.append((cmd, subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)))
         for cmd, proc in procs:
@@ -183,6 +185,23 @@ class Kernel:
         )
 
 
+_functions: dict[str, ctypes._CFuncPtr] = {}
+
+
+def function(name: str, argtypes: list[Any]) -> ctypes._CFuncPtr | None:
+    """A kernel with its own signature (e.g. ``gk_q8_encode``), or None if unavailable."""
+    fn = _functions.get(name)
+    if fn is None:
+        lib = library()
+        if lib is None:
+            return None
+        fn = getattr(lib, name)
+        fn.restype = None
+        fn.argtypes = argtypes
+        _functions[name] = fn
+    return fn
+
+
 _kernels: dict[str, Kernel] = {}
 
 
@@ -200,6 +219,6 @@ def eligible(lists: Sequence[Sequence[Tensor]]) -> bool:
         return False
     for ts in lists:
         for t in ts:
-            if t.device.type != "cpu" or t.dtype != dtype or not t.is_contiguous():
+            if t is None or t.device.type != "cpu" or t.dtype != dtype or not t.is_contiguous():
                 return False
     return True

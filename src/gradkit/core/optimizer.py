@@ -214,7 +214,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         if len(rest) == len(segments):
             self._run_chain(params, work, grads, segments, step_tensors, names or [])
         elif rest:
-            self._run_chain(*_restrict(rest, params, work, grads, step_tensors, names))
+            self._run_chain(*restrict(rest, params, work, grads, step_tensors, names))
         for p, w in zip(params, work, strict=True):
             if w is not p:
                 p.copy_(w)
@@ -246,15 +246,18 @@ class ChainOptimizer(torch.optim.Optimizer):
         work: list[Tensor],
         grads: list[Tensor],
         segments: list[Segment],
+        state: dict[str, list[Tensor]] | None = None,
     ) -> list[Segment]:
         """Hook for whole-step fused kernels: update the segments (param groups) a kernel can
         handle and return the others, which then run the chain.
 
         Called after state exists and step counts are incremented. A kernel must produce the same
         parameters and the same state (under the same keys) as the chain; ``work`` holds the
-        tensors to update (fp32 copies of low-precision parameters).
+        tensors to update (fp32 copies of low-precision parameters). ``state`` (key -> one
+        tensor per parameter) is given when the state to update is not ``self.state`` itself:
+        the decoded fp32 copies of compressed state (see :mod:`gradkit.memory.storage`).
         """
-        del params, work, grads
+        del params, work, grads, state
         return segments
 
     def _apply_lr_step(
@@ -450,7 +453,15 @@ def _with_grads(group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
     return params, grads
 
 
-def _restrict(
+def restrict_state(
+    segments: list[Segment], state: dict[str, list[Tensor]]
+) -> dict[str, list[Tensor]]:
+    """``state`` (key -> one tensor per parameter) restricted to ``segments``, as ``restrict``."""
+    keep = [i for seg in segments for i in range(seg.start, seg.stop)]
+    return {key: [values[i] for i in keep] for key, values in state.items()}
+
+
+def restrict(
     segments: list[Segment],
     params: list[Tensor],
     work: list[Tensor],
@@ -458,7 +469,7 @@ def _restrict(
     step_tensors: list[Tensor],
     names: list[str | None] | None,
 ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Segment], list[Tensor], list[str | None]]:
-    """The arguments of ``_run_chain`` restricted to ``segments`` (re-indexed)."""
+    """The arguments of ``_run_chain`` restricted to ``segments`` (re-indexed), in its order."""
     out: tuple[list, list, list, list, list, list] = ([], [], [], [], [], [])
     sub_params, sub_work, sub_grads, sub_segments, sub_steps, sub_names = out
     for seg in segments:

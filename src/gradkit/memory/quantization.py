@@ -43,6 +43,7 @@ and one ``index_select``, equal to the reference bit for bit (tested).
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass, field
 
 import torch
@@ -224,6 +225,43 @@ def _encode(x: Tensor, absmax: Tensor, codes: Tensor, cm: CodeMap) -> None:
     codes.view(-1).copy_(entry)
 
 
+use_native = True
+"""Encode/decode with the native kernels (gradkit._native, bit-identical) where they apply;
+False runs the torch path below (tests compare the two)."""
+
+
+def _native_q8(
+    direction: str, values: Tensor, codes: Tensor, absmax: Tensor, cm: CodeMap, block_size: int
+) -> bool:
+    """Run the native encoder/decoder on CPU, contiguous tensors; False where it can't."""
+    if not use_native or values.device.type != "cpu" or not codes.is_contiguous():
+        return False
+    if not (values.is_contiguous() and absmax.is_contiguous()):
+        return False
+    from gradkit import _native
+
+    c = ctypes
+    if direction == "encode":
+        fn = _native.function(
+            "gk_q8_encode",
+            [c.c_int64, c.c_void_p, c.c_void_p, c.c_void_p, c.c_void_p, c.c_int64, c.c_int, c.c_int],
+        )
+        if fn is None:
+            return False
+        fn(values.numel(), values.data_ptr(), codes.data_ptr(), absmax.data_ptr(),
+           cm.table.data_ptr(), block_size, int(cm.signed), torch.get_num_threads())  # fmt: skip
+        return True
+    fn = _native.function(
+        "gk_q8_decode",
+        [c.c_int64, c.c_void_p, c.c_void_p, c.c_void_p, c.c_void_p, c.c_int64, c.c_int],
+    )
+    if fn is None:
+        return False
+    fn(codes.numel(), codes.data_ptr(), absmax.data_ptr(), cm.values.data_ptr(),
+       values.data_ptr(), block_size, torch.get_num_threads())  # fmt: skip
+    return True
+
+
 def quantize_blockwise(
     x: Tensor,
     cm: CodeMap,
@@ -249,6 +287,8 @@ def quantize_blockwise(
         codes = torch.empty(x.shape, dtype=torch.uint8, device=x.device)
     if absmax is None:
         absmax = torch.empty(num_blocks(x.numel(), block_size), device=x.device)
+    if _native_q8("encode", x, codes, absmax, cm, block_size):
+        return codes, absmax
     flat_codes = codes.view(-1)
     start = 0
     parts = zip(_blocks(x.view(-1), block_size), _blocks(flat_codes, block_size), strict=True)
@@ -271,6 +311,8 @@ def dequantize_blockwise(
     _check_block_size(block_size)
     if out is None:
         out = torch.empty(codes.shape, dtype=torch.float32, device=codes.device)
+    if _native_q8("decode", out, codes, absmax, cm, block_size):
+        return out
     flat_codes = codes.reshape(-1)
     start = 0
     for part, code_part in zip(

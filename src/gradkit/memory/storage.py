@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from gradkit.core.optimizer import restrict, restrict_state
 from gradkit.core.transform import Segment
 from gradkit.memory.quantization import (
     code_map,
@@ -182,9 +183,14 @@ def update_with_storage(
         step_tensors = [opt.state[p]["step"] for p in sub_params]
         torch._foreach_add_(step_tensors, 1.0)
         state = _decode_all(opt, sub_params)
-        opt._run_chain(
-            sub_params, work, sub_grads, chunk.segments, step_tensors, sub_names, state=state
-        )
+        rest = opt._fast_step(sub_params, work, sub_grads, chunk.segments, state)
+        if len(rest) == len(chunk.segments):
+            opt._run_chain(
+                sub_params, work, sub_grads, chunk.segments, step_tensors, sub_names, state=state
+            )
+        elif rest:
+            args = restrict(rest, sub_params, work, sub_grads, step_tensors, sub_names)
+            opt._run_chain(*args, state=restrict_state(rest, state))
         _encode_all(opt, sub_params, state, chunk.segments)
         _write_params(opt, sub_params, work, chunk.segments)
         del state, work

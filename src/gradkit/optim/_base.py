@@ -67,8 +67,8 @@ class GradkitOptimizer(ChainOptimizer):
         del hp
         return None
 
-    def _fast_step(self, params, work, grads, segments):
-        rest = super()._fast_step(params, work, grads, segments)
+    def _fast_step(self, params, work, grads, segments, state=None):
+        rest = super()._fast_step(params, work, grads, segments, state)
         if not (self.use_native and self._plain):
             return rest
         todo = []
@@ -79,7 +79,11 @@ class GradkitOptimizer(ChainOptimizer):
                 continue
             sl = slice(seg.start, seg.stop)
             states = [self.state[p] for p in params[sl]]
-            lists = [work[sl], grads[sl], *([s[k] for s in states] for k in spec.state)]
+            if state is None:
+                kept = [[s[k] for s in states] for k in spec.state]
+            else:  # decoded copies of compressed state
+                kept = [state[k][sl] if k in state else [None] for k in spec.state]
+            lists = [work[sl], grads[sl], *kept]
             if not _native.eligible(lists):
                 todo.append(seg)
                 continue

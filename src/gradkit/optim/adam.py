@@ -108,7 +108,7 @@ _ADAM_DOC_COMMON = """
 class _FusedAdamMixin(GradkitOptimizer):
     """``fused=True``: the whole Adam/AdamW step in torch's fused kernel, on gradkit's state."""
 
-    def _fast_step(self, params, work, grads, segments):
+    def _fast_step(self, params, work, grads, segments, state=None):
         rest = []
         for seg in segments:
             if not seg.hp.get("fused"):
@@ -134,7 +134,7 @@ class _FusedAdamMixin(GradkitOptimizer):
                 grad_scale=None,
                 found_inf=None,
             )
-        return super()._fast_step(params, work, grads, rest) if rest else []
+        return super()._fast_step(params, work, grads, rest, state) if rest else []
 
     def _decoupled(self, hp) -> bool:
         return bool(hp.get("decoupled_weight_decay", type(self) is AdamW))

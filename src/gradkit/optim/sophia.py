@@ -15,7 +15,7 @@ from torch import Tensor
 
 from gradkit.core.transform import GroupTransform, State, Transform
 from gradkit.core.validation import check_betas, check_nonnegative, check_positive
-from gradkit.optim._base import GradkitOptimizer, Params, register
+from gradkit.optim._base import GradkitOptimizer, NativeSpec, Params, register
 from gradkit.optim._curvature import DiagonalHessianOptimizer, gnb_diagonal, hutchinson_diagonal
 from gradkit.transforms.basic import add_decayed_weights, scale_by_lr
 
@@ -180,6 +180,12 @@ class Sophia(DiagonalHessianOptimizer, GradkitOptimizer):
 
     def _hessian_beta(self, group: Mapping[str, Any]) -> float:
         return float(group["betas"][1])
+
+    def native_spec(self, hp: Mapping[str, Any]) -> NativeSpec:
+        args = (hp["lr"], hp["betas"][0], hp["rho"], hp["eps"], hp["weight_decay"], hp["maximize"])
+        return NativeSpec(
+            "sophia", ("sophia.exp_avg", "sophia.hessian"), tuple(float(a) for a in args)
+        )
 
     def hessian_due(self) -> bool:
         """Whether a Hessian refresh is due: some parameter has completed a multiple of its
