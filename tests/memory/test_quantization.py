@@ -156,3 +156,26 @@ def test_bf16_stochastic_rounding_keeps_exact_and_nonfinite_values():
     x = torch.tensor([1.0, -2.5, 0.0, float("inf"), float("-inf"), float("nan")])
     out = stochastic_round_bf16(x, torch.Generator().manual_seed(1)).float()
     assert out[:5].tolist() == x[:5].tolist() and math.isnan(out[5].item())
+
+
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("numel", [1, 255, 256, 1000, 70_001])
+def test_native_codec_is_bit_identical_to_the_torch_path(signed, numel, monkeypatch):
+    from gradkit import _native
+    from gradkit.memory import quantization as q
+
+    if not _native.available():
+        pytest.skip("native kernels unavailable (no C compiler)")
+    g = torch.Generator().manual_seed(numel)
+    x = torch.randn(numel, generator=g) * 3 if signed else torch.rand(numel, generator=g)
+    x[::7] = 0.0
+    if numel > 300:
+        x[300:556] = 0.0  # an all-zero block (scale falls back to 1)
+    cm = q.code_map(signed)
+    results = []
+    for native in (True, False):
+        monkeypatch.setattr(q, "use_native", native)
+        codes, absmax = q.quantize_blockwise(x, cm, 256)
+        results.append((codes, absmax, q.dequantize_blockwise(codes, absmax, cm, 256)))
+    for fast, slow in zip(*results, strict=True):
+        assert torch.equal(fast, slow)
