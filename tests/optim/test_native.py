@@ -197,3 +197,37 @@ def test_compressed_state_runs_the_kernel_on_decoded_state(name, state_dtype):
     for key in fast_state:
         scale = slow_state[key].abs().max()
         torch.testing.assert_close(fast_state[key], slow_state[key], rtol=0, atol=0.02 * scale)
+
+
+def test_a_group_mixing_float32_and_float64_runs_one_kernel_per_dtype():
+    import gradkit.optim as go
+
+    g = torch.Generator().manual_seed(3)
+    shapes_dtypes = [((6, 5), torch.float32), ((7,), torch.float64), ((3, 3), torch.float32)]
+    grads = [[torch.randn(s, generator=g, dtype=d) for s, d in shapes_dtypes] for _ in range(3)]
+    runs = []
+    for native in (True, False):
+        params = [
+            torch.randn(s, generator=torch.Generator().manual_seed(i), dtype=d).requires_grad_()
+            for i, (s, d) in enumerate(shapes_dtypes)
+        ]
+        opt = go.AdamW(params, lr=1e-2)
+        opt.use_native = native
+        calls = []
+        run_native = opt._run_native
+        opt._run_native = lambda spec, lists, *a, calls=calls, run_native=run_native: (
+            calls.append(lists[0][0].dtype) or run_native(spec, lists, *a)
+        )
+        for step_grads in grads:
+            for p, grad in zip(params, step_grads, strict=True):
+                p.grad = grad.clone()
+            opt.step()
+        assert calls == ([torch.float32, torch.float64] * 3 if native else [])
+        runs.append((params, opt))
+    (fast, fast_opt), (slow, slow_opt) = runs
+    for a, b in zip(fast, slow, strict=True):
+        tol = 1e-12 if a.dtype == torch.float64 else 2e-6
+        torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+        torch.testing.assert_close(
+            fast_opt.state[a]["adam.exp_avg_sq"], slow_opt.state[b]["adam.exp_avg_sq"]
+        )

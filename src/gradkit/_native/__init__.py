@@ -214,6 +214,8 @@ def kernel(name: str) -> Kernel:
 
 def eligible(lists: Sequence[Sequence[Tensor]]) -> bool:
     """Whether tensors can go to a native kernel: CPU, contiguous, one float32/float64 dtype."""
+    if any(len(ts) != len(lists[0]) for ts in lists):
+        return False
     dtype = lists[0][0].dtype if lists and lists[0] else None
     if dtype not in _TYPES:
         return False

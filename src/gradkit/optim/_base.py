@@ -84,11 +84,17 @@ class GradkitOptimizer(ChainOptimizer):
             else:  # decoded copies of compressed state
                 kept = [state[k][sl] if k in state else [None] for k in spec.state]
             lists = [work[sl], grads[sl], *kept]
-            if not _native.eligible(lists):
+            # one kernel call per dtype (a group may mix float32 and float64 parameters)
+            by_dtype: dict[torch.dtype, list[int]] = {}
+            for i, w in enumerate(lists[0]):
+                by_dtype.setdefault(w.dtype, []).append(i)
+            parts = [[[ts[i] for i in idx] for ts in lists] for idx in by_dtype.values()]
+            if not all(_native.eligible(part) for part in parts):
                 todo.append(seg)
                 continue
             steps = torch.stack([s["step"] for s in states])
-            self._run_native(spec, lists, steps, seg)
+            for idx, part in zip(by_dtype.values(), parts, strict=True):
+                self._run_native(spec, part, steps[idx] if len(parts) > 1 else steps, seg)
         return todo
 
     def _run_native(
