@@ -55,6 +55,9 @@ TWO_PASS_BYTES = {
     "AdamP": 40,
     # pass 1: p, g, buf read, buf written; pass 2: p, buf read, p written
     "SGDP": 32,
+    # pass 1: g, last_grad read (|c|^2); pass 2: p, g, last_grad, m, v read, p, m, v, last_grad
+    # written (2-D tensors; 1-D ones run AdamW)
+    "MARS": 44,
 }
 SGD_FAMILY = ("SGD", "Lion", "Signum", "SignSGD")
 

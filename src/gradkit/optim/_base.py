@@ -94,8 +94,13 @@ class GradkitOptimizer(ChainOptimizer):
                 continue
             steps = torch.stack([s["step"] for s in states])
             for idx, part in zip(by_dtype.values(), parts, strict=True):
+                # the parameters of this call, for kernels that read extra per-parameter state
+                self._native_params = [params[seg.start + i] for i in idx]
                 self._run_native(spec, part, steps[idx] if len(parts) > 1 else steps, seg)
+            self._native_params = []
         return todo
+
+    _native_params: list[Tensor] = []  # noqa: RUF012 (replaced per call, never mutated)
 
     def _run_native(
         self, spec: NativeSpec, lists: list[list[Tensor]], steps: Tensor, seg: Segment

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from gradkit.core.transform import GroupTransform, State, Transform, when
 from gradkit.core.validation import check_betas, check_bool, check_positive
-from gradkit.optim._base import GradkitOptimizer, Params, register
+from gradkit.optim._base import GradkitOptimizer, NativeSpec, Params, register
 from gradkit.optim.adam import bias_corrections
 from gradkit.transforms.basic import add_decayed_weights, add_l2, scale_by_lr
 
@@ -144,3 +144,13 @@ class AdaMomentum(GradkitOptimizer):
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
             decoupled_weight_decay=decoupled_weight_decay,
         )  # fmt: skip
+
+    def native_spec(self, hp):
+        wd, decoupled = float(hp["weight_decay"]), bool(hp["decoupled_weight_decay"])
+        b1, b2 = hp["betas"]
+        keys = ("adamomentum.exp_avg", "adamomentum.exp_avg_var")
+        if hp["amsgrad"]:
+            keys += ("adamomentum.max_exp_avg_var",)
+        args = (hp["lr"], b1, b2, hp["eps"], wd if decoupled else 0.0,
+                0.0 if decoupled else wd, hp["maximize"], hp["amsgrad"])  # fmt: skip
+        return NativeSpec("adamomentum", keys, tuple(float(a) for a in args))

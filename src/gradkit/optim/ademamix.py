@@ -16,7 +16,7 @@ from torch import Tensor
 
 from gradkit.core.transform import GroupTransform, State, Transform
 from gradkit.core.validation import check_betas, check_nonnegative, check_positive
-from gradkit.optim._base import GradkitOptimizer, Params, register
+from gradkit.optim._base import GradkitOptimizer, NativeSpec, Params, register
 from gradkit.optim.adam import adam_denominator, bias_corrections, update_moments
 from gradkit.transforms.basic import add_decayed_weights, scale_by_lr
 
@@ -206,3 +206,15 @@ class AdEMAMix(GradkitOptimizer):
             lr=lr, betas=betas, alpha=alpha, beta3_warmup=beta3_warmup,
             alpha_warmup=alpha_warmup, eps=eps, weight_decay=weight_decay,
         )  # fmt: skip
+
+    def native_spec(self, hp):
+        b1, b2, b3 = hp["betas"]
+        keys = ("ademamix.exp_avg_slow", "ademamix.exp_avg_sq")
+        if b1 != 0:
+            keys += ("ademamix.exp_avg_fast",)
+            if any(keys[0] in self.state[p] and keys[2] not in self.state[p] for p in hp["params"]):
+                return None  # state made with beta1 == 0: the readable path raises the error
+        # warm-ups: None (no warm-up) is sent as 0, which validation rules out as a length
+        args = (hp["lr"], b1, b2, b3, hp["alpha"], hp["alpha_warmup"] or 0.0,
+                hp["beta3_warmup"] or 0.0, hp["eps"], hp["weight_decay"], hp["maximize"])  # fmt: skip
+        return NativeSpec("ademamix", keys, tuple(float(a) for a in args))

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from gradkit.core.transform import GroupTransform, State, Transform, zeros_state
 from gradkit.core.validation import check_betas, check_positive
-from gradkit.optim._base import GradkitOptimizer, Params, register
+from gradkit.optim._base import GradkitOptimizer, NativeSpec, Params, register
 from gradkit.optim._eps_placement import check_eps_placement, denominator
 from gradkit.optim.adam import bias_corrections, update_moments
 from gradkit.transforms.basic import add_l2, scale_by_lr
@@ -152,3 +152,10 @@ class DiffGrad(GradkitOptimizer):
             state_dtype=state_dtype,
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, eps_placement=eps_placement,
         )  # fmt: skip
+
+    def native_spec(self, hp):
+        b1, b2 = hp["betas"]
+        args = (hp["lr"], b1, b2, hp["eps"], hp["weight_decay"], hp["maximize"],
+                hp["eps_placement"] == "uncorrected")  # fmt: skip
+        keys = ("diffgrad.exp_avg", "diffgrad.exp_avg_sq", "diffgrad.previous_grad")
+        return NativeSpec("diffgrad", keys, tuple(float(a) for a in args))

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gradkit import _native
 from gradkit.core.guards import NonFiniteGradientError, nonfinite_indices
 from gradkit.core.optimizer import LOW_PRECISION
 from gradkit.core.transform import GroupTransform, Segment, State, Transform, zeros_state
@@ -24,7 +25,7 @@ from gradkit.core.validation import (
     check_nonnegative,
     check_positive,
 )
-from gradkit.optim._base import GradkitOptimizer, Params, register
+from gradkit.optim._base import GradkitOptimizer, NativeSpec, Params, register
 from gradkit.optim.adam import adam_denominator, bias_corrections, update_moments
 from gradkit.transforms.basic import scale_by_lr
 
@@ -53,6 +54,14 @@ def _adam_direction(
 
 def _pick(items: Sequence[Any], index: list[int]) -> list[Any]:
     return [items[i] for i in index]
+
+
+def _check_correction_buffers(last: Sequence[Tensor], grads: Sequence[Tensor]) -> None:
+    if any(buf.shape != g.shape for buf, g in zip(last, grads, strict=True)):
+        raise ValueError(
+            "optimize_1d was False when this optimizer's state was created, so some "
+            "parameters have no MARS buffers; it can't be switched on later"
+        )
 
 
 class ScaleByMARS(GroupTransform):
@@ -115,11 +124,7 @@ class ScaleByMARS(GroupTransform):
     def _mars(self, grads, state, params, hp, steps) -> list[Tensor]:
         b1 = hp["betas"][0]
         last = state["last_grad"]
-        if any(buf.shape != g.shape for buf, g in zip(last, grads, strict=True)):
-            raise ValueError(
-                "optimize_1d was False when this optimizer's state was created, so some "
-                "parameters have no MARS buffers; it can't be switched on later"
-            )
+        _check_correction_buffers(last, grads)
         # c_t = g_t + gamma * b1 / (1 - b1) * (g_t - g_prev); none at t = 1 (x_0 = x_1)
         scale = hp["gamma"] * b1 / (1.0 - b1)
         coefs = [0.0 if t == 1 else scale for t in steps]
@@ -308,6 +313,33 @@ class MARS(GradkitOptimizer):
         index = next(i for i, t in enumerate(self.transform.transforms) if t is self._mars)
         self._prefix = self.transform.namespaces[index] + "."
         self._warned_record = False
+
+    def native_spec(self, hp):
+        if hp["exact"]:
+            return None  # the exact form's recorded-gradient bookkeeping stays readable
+        b1, b2 = hp["betas"]
+        keys = tuple(self._prefix + k for k in ("exp_avg", "exp_avg_sq", "last_grad"))
+        args = (hp["lr"], b1, b2, hp["eps"], hp["weight_decay"], hp["gamma"], hp["maximize"])
+        return NativeSpec("mars", keys, tuple(float(a) for a in args))
+
+    def _run_native(self, spec, lists, steps, seg):
+        """MARS tensors through ``gk_mars`` (two passes: the norm of the corrected gradient, then
+        the update); the others through ``gk_adam`` with the 1-D hyperparameters."""
+        hp = seg.hp
+        mars = [j for j, w in enumerate(lists[0]) if uses_mars(w, hp)]
+        rest = [j for j, w in enumerate(lists[0]) if not uses_mars(w, hp)]
+        if mars:
+            sub = [_pick(ts, mars) for ts in lists]
+            _check_correction_buffers(sub[4], sub[1])
+            norms = torch.zeros(len(mars), _native.OUT_WIDTH, dtype=torch.float64)
+            _native.kernel("mars").run(sub, steps[mars], spec.hp, norms)
+        if rest:
+            b1, b2 = hp["betas_1d"]
+            base = hp.get("initial_lr", hp["lr"])
+            lr = float(hp["lr"]) * (hp["lr_1d"] / base if base > 0 else 0.0)
+            args = (lr, b1, b2, hp["eps"], hp["weight_decay_1d"], 0.0, hp["maximize"], 0.0)
+            sub = [_pick(ts, rest) for ts in lists[:4]]  # no last_grad on the AdamW fallback
+            _native.kernel("adam").run(sub, steps[rest], tuple(float(a) for a in args))
 
     def _exact_params(self, group: dict[str, Any]) -> list[Tensor]:
         if not group["exact"]:

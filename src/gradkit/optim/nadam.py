@@ -11,9 +11,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gradkit import _native
 from gradkit.core.transform import GroupTransform, State, Transform, when, zeros_state
 from gradkit.core.validation import check_betas, check_nonnegative, check_positive
-from gradkit.optim._base import GradkitOptimizer, Params, register, torch_only_flags
+from gradkit.optim._base import (
+    GradkitOptimizer,
+    NativeSpec,
+    Params,
+    register,
+    torch_only_flags,
+)
 from gradkit.optim.adam import bias_corrections, update_moments
 from gradkit.transforms.basic import add_decayed_weights, add_l2, scale_by_lr
 
@@ -115,3 +122,22 @@ class NAdam(GradkitOptimizer):
             foreach=foreach, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
             momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay,
         )  # fmt: skip
+
+    def native_spec(self, hp):
+        wd, decoupled = float(hp["weight_decay"]), bool(hp["decoupled_weight_decay"])
+        b1, b2 = hp["betas"]
+        args = (hp["lr"], b1, b2, hp["eps"], wd if decoupled else 0.0,
+                0.0 if decoupled else wd, hp["maximize"], hp["momentum_decay"])  # fmt: skip
+        keys = ("nadam.exp_avg", "nadam.exp_avg_sq")
+        return NativeSpec("nadam", keys, tuple(float(a) for a in args))
+
+    def _run_native(self, spec, lists, steps, seg):
+        # the kernel updates mu_product, a float64 0-d tensor whatever the parameter dtype (so it
+        # is not one of the same-dtype lists _fast_step checks); a checkpoint loaded another way
+        # may hold it in another dtype, so such a tensor goes through a float64 copy
+        products = [self.state[p]["nadam.mu_product"] for p in self._native_params]
+        exact = [t.to("cpu", torch.float64).contiguous() for t in products]
+        _native.kernel(spec.kernel).run([*lists, exact], steps, spec.hp)
+        for t, e in zip(products, exact, strict=True):
+            if t is not e:
+                t.copy_(e)

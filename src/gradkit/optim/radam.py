@@ -15,7 +15,13 @@ from torch import Tensor
 
 from gradkit.core.transform import GroupTransform, State, Transform, when, zeros_state
 from gradkit.core.validation import check_betas, check_positive
-from gradkit.optim._base import GradkitOptimizer, Params, register, torch_only_flags
+from gradkit.optim._base import (
+    GradkitOptimizer,
+    NativeSpec,
+    Params,
+    register,
+    torch_only_flags,
+)
 from gradkit.optim.adam import bias_corrections, update_moments
 from gradkit.transforms.basic import add_decayed_weights, add_l2, scale_by_lr
 
@@ -113,3 +119,11 @@ class RAdam(GradkitOptimizer):
             foreach=foreach, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
             decoupled_weight_decay=decoupled_weight_decay,
         )  # fmt: skip
+
+    def native_spec(self, hp):
+        wd, decoupled = float(hp["weight_decay"]), bool(hp["decoupled_weight_decay"])
+        b1, b2 = hp["betas"]
+        args = (hp["lr"], b1, b2, hp["eps"], wd if decoupled else 0.0,
+                0.0 if decoupled else wd, hp["maximize"])  # fmt: skip
+        keys = ("radam.exp_avg", "radam.exp_avg_sq")
+        return NativeSpec("radam", keys, tuple(float(a) for a in args))
