@@ -52,4 +52,7 @@ SPECS = [
          [*BAD_COMMON, ({"alpha": 1.5}, "alpha"), ({"eps": 0.0}, "eps"), ({"momentum": -1.0}, "momentum")],
          converge=dict(lr=0.01, weight_decay=0.0, rosen_lr=1e-3)),
     Spec(go.RMSprop, dict(lr=0.01), ref.rmsprop, {"rms.square_avg": "v"}, converge=dict(lr=0.01)),
+    # not centered, with momentum: the native kernel's configuration with a momentum buffer
+    Spec(go.RMSprop, dict(lr=0.01, momentum=0.9, weight_decay=0.01, alpha=0.9), ref.rmsprop,
+         {"rms.square_avg": "v", "trace.momentum_buffer": "b"}),
 ]  # fmt: skip

@@ -14,7 +14,13 @@ from torch import Tensor
 
 from gradkit.core.transform import GroupTransform, State, Transform
 from gradkit.core.validation import check_nonnegative, check_positive
-from gradkit.optim._base import GradkitOptimizer, Params, register, torch_only_flags
+from gradkit.optim._base import (
+    GradkitOptimizer,
+    NativeSpec,
+    Params,
+    register,
+    torch_only_flags,
+)
 from gradkit.transforms.basic import add_l2, scale_by_lr
 
 
@@ -59,6 +65,7 @@ class Adagrad(GradkitOptimizer):
     Defaults as torch: ``lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0,
     eps=1e-10``. State: ``sum`` (starts at ``initial_accumulator_value``).
     ``foreach`` is accepted and has no effect; ``fused``/``differentiable`` raise when set.
+    Without extra ``transforms`` the step runs as one native pass over memory (``gk_adagrad``).
     """
 
     def __init__(
@@ -92,3 +99,7 @@ class Adagrad(GradkitOptimizer):
             foreach=foreach, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
             initial_accumulator_value=initial_accumulator_value, eps=eps,
         )  # fmt: skip
+
+    def native_spec(self, hp):
+        args = (float(hp["lr"]), hp["lr_decay"], hp["weight_decay"], hp["eps"], hp["maximize"])
+        return NativeSpec("adagrad", ("adagrad.sum",), tuple(float(a) for a in args))

@@ -16,7 +16,8 @@ from torch import Tensor
 
 from gradkit.core.transform import GroupTransform, State, Transform
 from gradkit.core.validation import as_number, check_nonnegative, check_unit_interval
-from gradkit.optim._base import GradkitOptimizer, Params, register
+from gradkit.optim._base import GradkitOptimizer, NativeSpec, Params, register
+from gradkit.optim.signum import run_with_reductions
 from gradkit.transforms.basic import scale_by_lr
 
 
@@ -121,7 +122,8 @@ class Gravity(GradkitOptimizer):
       step. An early Keras version used a truncated normal and :math:`m = 1/(\max g - \min g)`;
       the released code and the paper use a normal and :math:`1/\max|g|`, as here.
 
-    Chain: ``maximize -> scale_by_gravity -> scale_by_lr``.
+    Chain: ``maximize -> scale_by_gravity -> scale_by_lr``. Without extra ``transforms`` it runs
+    natively (``gk_gravity``): a read of the gradient for :math:`\max|g|`, then one update pass.
 
     Example:
         >>> import torch
@@ -153,3 +155,10 @@ class Gravity(GradkitOptimizer):
             state_dtype=state_dtype,
             lr=lr, alpha=alpha, beta=beta, seed=seed,
         )  # fmt: skip
+
+    def native_spec(self, hp):
+        args = (float(hp["lr"]), hp["beta"], hp["maximize"])
+        return NativeSpec("gravity", ("gravity.velocity",), tuple(float(a) for a in args))
+
+    def _run_native(self, spec, lists, steps, seg):
+        run_with_reductions(spec, lists, steps)  # max |g| of each tensor, then the update

@@ -15,8 +15,8 @@ from torch import Tensor
 
 from gradkit.core.transform import GroupTransform, State, Transform
 from gradkit.core.validation import check_betas
-from gradkit.optim._base import GradkitOptimizer, Params, register
-from gradkit.optim.signum import scale_by_sign
+from gradkit.optim._base import GradkitOptimizer, NativeSpec, Params, register
+from gradkit.optim.signum import run_with_reductions, scale_by_sign
 from gradkit.transforms.basic import add_decayed_weights, scale_by_lr
 from gradkit.transforms.cautious import cautious_if_flagged
 
@@ -79,7 +79,9 @@ class Lion(GradkitOptimizer):
     no deviation to choose between.
 
     Chain: ``maximize -> scale_by_lion_interpolation -> scale_by_sign -> [cautious] ->
-    add_decayed_weights -> scale_by_lr``.
+    add_decayed_weights -> scale_by_lr``. Without extra ``transforms`` the step runs as one native
+    pass over memory (:mod:`gradkit._native`, ``gk_lion``); ``cautious`` adds a read-only pass
+    counting each tensor's kept coordinates.
 
     Example:
         >>> import torch
@@ -117,3 +119,11 @@ class Lion(GradkitOptimizer):
             state_dtype=state_dtype,
             lr=lr, betas=betas, weight_decay=weight_decay, cautious=cautious,
         )  # fmt: skip
+
+    def native_spec(self, hp):
+        b1, b2 = hp["betas"]
+        args = (float(hp["lr"]), b1, b2, hp["weight_decay"], hp["maximize"], hp["cautious"])
+        return NativeSpec("lion", ("lion.exp_avg",), tuple(float(a) for a in args))
+
+    def _run_native(self, spec, lists, steps, seg):
+        run_with_reductions(spec, lists, steps)  # the cautious mask's kept counts

@@ -9,7 +9,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gradkit.core.transform import Transform
-from gradkit.optim._base import GradkitOptimizer, Params, register, torch_only_flags
+from gradkit.optim._base import (
+    GradkitOptimizer,
+    NativeSpec,
+    Params,
+    register,
+    torch_only_flags,
+)
+from gradkit.optim.signum import state_present
 from gradkit.transforms.basic import add_l2, scale_by_lr, trace
 
 
@@ -34,7 +41,9 @@ class SGD(GradkitOptimizer):
     is kept.
 
     Chain: ``maximize -> add_l2 -> trace -> scale_by_lr``. ``foreach`` is accepted and has no
-    effect (always multi-tensor); ``fused`` and ``differentiable`` raise when set.
+    effect (always multi-tensor); ``fused`` and ``differentiable`` raise when set. Without extra
+    ``transforms`` the step runs as one native pass over memory (:mod:`gradkit._native`,
+    ``gk_sgd``): the memory traffic of torch's fused SGD.
     """
 
     def __init__(
@@ -62,3 +71,12 @@ class SGD(GradkitOptimizer):
             foreach=foreach, lr=lr, momentum=momentum, dampening=dampening,
             weight_decay=weight_decay, nesterov=nesterov,
         )  # fmt: skip
+
+    def native_spec(self, hp):
+        momentum = float(hp["momentum"])
+        keys = ("trace.momentum_buffer",) if momentum != 0 else ()
+        if not state_present(self, hp, keys):
+            return None
+        args = (float(hp["lr"]), momentum, hp["dampening"], hp["weight_decay"], hp["nesterov"],
+                hp["maximize"])  # fmt: skip
+        return NativeSpec("sgd", keys, tuple(float(a) for a in args))

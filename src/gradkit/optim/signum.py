@@ -13,11 +13,28 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gradkit import _native
 from gradkit.core.transform import GroupTransform, State, Transform
 from gradkit.core.validation import check_unit_interval
-from gradkit.optim._base import GradkitOptimizer, Params, register
+from gradkit.optim._base import GradkitOptimizer, NativeSpec, Params, register
 from gradkit.transforms.basic import add_decayed_weights, scale_by_lr
 from gradkit.transforms.cautious import cautious_if_flagged
+
+
+def run_with_reductions(spec: NativeSpec, lists: list[list[Tensor]], steps: Tensor) -> None:
+    """Run a native kernel that reduces each tensor first (a max, a norm, a count) into ``out``."""
+    out = torch.zeros(len(lists[0]), _native.OUT_WIDTH, dtype=torch.float64)
+    _native.kernel(spec.kernel).run(lists, steps, spec.hp, out)
+
+
+def state_present(opt: GradkitOptimizer, hp: Mapping[str, Any], keys: Sequence[str]) -> bool:
+    """Whether every parameter of the group that has state holds ``keys`` (state an option such
+    as ``momentum`` adds is missing if the option was off when the state was created: the
+    readable path then raises its clear error)."""
+    if not keys:
+        return True
+    states = [s for p in hp.get("params", ()) if (s := opt.state.get(p))]
+    return all(k in s for s in states for k in keys)
 
 
 class ScaleBySign(GroupTransform):
@@ -81,7 +98,8 @@ class SignSGD(GradkitOptimizer):
         \theta_t = \theta_{t-1} - \eta\,\big(\operatorname{sign}(g_t) + \lambda\theta_{t-1}\big)
 
     Defaults: ``lr=0.01`` (the authors' MXNet default), ``weight_decay=0``. No state.
-    Chain: ``maximize -> scale_by_sign -> add_decayed_weights -> scale_by_lr``.
+    Chain: ``maximize -> scale_by_sign -> add_decayed_weights -> scale_by_lr`` (one native pass,
+    ``gk_signsgd``, without extra ``transforms``).
     """
         + _SIGN_DOC
     )
@@ -104,6 +122,10 @@ class SignSGD(GradkitOptimizer):
             lr=lr, weight_decay=weight_decay,
         )  # fmt: skip
 
+    def native_spec(self, hp):
+        args = (float(hp["lr"]), hp["weight_decay"], hp["maximize"])
+        return NativeSpec("signsgd", (), tuple(float(a) for a in args))
+
 
 @register(
     paper="signSGD: Compressed Optimisation for Non-Convex Problems",
@@ -125,7 +147,8 @@ class Signum(GradkitOptimizer):
     to :math:`\operatorname{sign}(m_t)`. State: 1 parameter-sized tensor.
 
     Chain: ``maximize -> scale_by_ema -> scale_by_sign -> [cautious] -> add_decayed_weights ->
-    scale_by_lr``.
+    scale_by_lr`` (one native pass, ``gk_signum``, without extra ``transforms``; ``cautious`` adds
+    a read-only counting pass).
     """
         + _SIGN_DOC
     )
@@ -155,3 +178,10 @@ class Signum(GradkitOptimizer):
             state_dtype=state_dtype,
             lr=lr, momentum=momentum, weight_decay=weight_decay, cautious=cautious,
         )  # fmt: skip
+
+    def native_spec(self, hp):
+        args = (float(hp["lr"]), hp["momentum"], hp["weight_decay"], hp["maximize"], hp["cautious"])
+        return NativeSpec("signum", ("signum.exp_avg",), tuple(float(a) for a in args))
+
+    def _run_native(self, spec, lists, steps, seg):
+        run_with_reductions(spec, lists, steps)  # the cautious mask's kept counts

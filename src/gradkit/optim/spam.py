@@ -19,8 +19,9 @@ from typing import Any
 
 from gradkit.core.transform import Transform
 from gradkit.core.validation import check_nonnegative
-from gradkit.optim._base import GradkitOptimizer, Params, register
+from gradkit.optim._base import GradkitOptimizer, NativeSpec, Params, register
 from gradkit.optim.adam import ScaleByAdam, scale_by_adam
+from gradkit.optim.signum import run_with_reductions
 from gradkit.transforms.basic import add_decayed_weights, scale_by_lr
 from gradkit.transforms.spike import (
     ada_clip,
@@ -111,7 +112,8 @@ class SPAM(GradkitOptimizer):
     ``reset_interval=0`` the resets (as in the official code).
 
     Chain: ``maximize -> momentum_reset(scale_by_spam, reset_step_count=False) ->
-    post_reset_warmup -> add_decayed_weights -> scale_by_lr``.
+    post_reset_warmup -> add_decayed_weights -> scale_by_lr``. Without extra ``transforms`` the
+    whole step (reset, clip, Adam, warm-up, decay) runs as one native pass (``gk_spam``).
 
     Official code vs paper, and our choices:
 
@@ -189,6 +191,17 @@ class SPAM(GradkitOptimizer):
             reset_warmup_steps=reset_warmup_steps, spam_clip_delay=spam_clip_delay,
         )  # fmt: skip
 
+    def native_spec(self, hp):
+        if hp.get("amsgrad", False):
+            return None
+        b1, b2 = hp["betas"]
+        args = (float(hp["lr"]), b1, b2, hp["eps"], hp["weight_decay"], hp["maximize"],
+                hp["spam_threshold"], hp["spam_clip_delay"], hp["reset_interval"],
+                hp["reset_warmup_steps"], hp["reset_step_count"])  # fmt: skip
+        return NativeSpec(
+            "spam", ("spam.exp_avg", "spam.exp_avg_sq"), tuple(float(a) for a in args)
+        )
+
 
 @register(
     paper="Stable-SPAM: How to Train in 4-Bit More Stably than 16-Bit Adam",
@@ -224,6 +237,10 @@ class StableSPAM(GradkitOptimizer):
     Chain: ``maximize -> ada_clip -> ada_gn -> momentum_reset(scale_by_adam) ->
     add_decayed_weights -> scale_by_lr``; state ``adam.exp_avg``, ``adam.exp_avg_sq`` and three
     scalars per tensor (``ada_clip.max_avg``, ``ada_gn.norm_avg``, ``ada_gn.norm_sq_avg``).
+    Without extra ``transforms`` it runs natively (``gk_stable_spam``): a read of the gradient for
+    :math:`g_{\max}`, a second for the clipped gradient's norm (it depends on :math:`g_{\max}`),
+    then one pass for the update. In float32 the kernel sums the norm in double; torch's float32
+    norm can be ~1e-6 off when one entry dominates, so the two paths agree to that.
 
     Official code vs paper, and our choices:
 
@@ -287,3 +304,20 @@ class StableSPAM(GradkitOptimizer):
             ada_gn_gamma2=ada_gn_gamma2, ada_clip_gamma3=ada_clip_gamma3,
             reset_interval=reset_interval,
         )  # fmt: skip
+
+    def native_spec(self, hp):
+        if hp.get("amsgrad", False):
+            return None
+        b1, b2 = hp["betas"]
+        args = (float(hp["lr"]), b1, b2, hp["eps"], hp["weight_decay"], hp["maximize"],
+                hp["ada_gn_gamma1"], hp["ada_gn_gamma2"], hp["ada_clip_gamma3"], hp["ada_gn_eps"],
+                hp["reset_interval"], hp["reset_step_count"])  # fmt: skip
+        return NativeSpec("stable_spam", STABLE_SPAM_STATE, tuple(float(a) for a in args))
+
+    def _run_native(self, spec, lists, steps, seg):
+        # per tensor: max |g| (AdaClip), then the clipped gradient's norm (AdaGN), then the update
+        run_with_reductions(spec, lists, steps)
+
+
+STABLE_SPAM_STATE = ("adam.exp_avg", "adam.exp_avg_sq", "ada_clip.max_avg", "ada_gn.norm_avg",
+                     "ada_gn.norm_sq_avg")  # fmt: skip
