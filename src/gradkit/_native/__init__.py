@@ -97,7 +97,7 @@ def _build(cc: str, out: Path) -> None:
 def _library_path(cc: str) -> Path:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256()
-    for src in sorted(SOURCE_DIR.glob("*.[ch]")):
+    for src in [Path(__file__), *sorted(SOURCE_DIR.glob("*.[ch]"))]:  # + how they are built
         key.update(src.name.encode() + src.read_bytes())
     for part in (_FLAGS, version, _cpu_signature(), sys.platform):
         key.update(repr(part).encode())
