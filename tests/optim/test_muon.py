@@ -9,7 +9,8 @@ import torch
 from torch.optim._muon import _zeropower_via_newtonschulz as torch_newton_schulz
 
 from gradkit.core.transform import chain
-from gradkit.optim.muon import Muon
+from gradkit.optim import muon as muon_module
+from gradkit.optim.muon import Muon, batched_newton_schulz
 from gradkit.transforms.orthogonalize import (
     ORIGINAL,
     POLAR_EXPRESS,
@@ -46,7 +47,8 @@ def test_newton_schulz_is_bit_identical_to_torch(shape: tuple[int, int]) -> None
 def test_matches_torch_muon_on_2d_parameters(kwargs: dict) -> None:
     ours = [p.requires_grad_() for p in _matrices(SHAPES)]
     theirs = [p.detach().clone().requires_grad_() for p in ours]
-    opt, torch_opt = Muon(ours, **kwargs), torch.optim.Muon(theirs, **kwargs)
+    # torch iterates in bfloat16: ask for the same precision (gradkit's CPU default is float32)
+    opt, torch_opt = Muon(ours, ns_dtype="bfloat16", **kwargs), torch.optim.Muon(theirs, **kwargs)
     for grads in (_matrices(SHAPES, seed=s) for s in range(1, 7)):
         for p, q, g in zip(ours, theirs, grads, strict=True):
             p.grad, q.grad = g.clone(), g.clone()
@@ -61,6 +63,74 @@ def test_matches_torch_muon_on_2d_parameters(kwargs: dict) -> None:
     # wide and square matrices: ratio 1 under "original", so no rounding difference at all
     if kwargs.get("adjust_lr_fn") != "match_rms_adamw":
         assert all(torch.equal(ours[i], theirs[i]) for i in (1, 3, 4))
+
+
+# -- the batched Newton-Schulz kernel against the per-matrix readable one ------------------------
+BATCH_SHAPES = [(5, 4), (4, 5), (12, 6), (6, 12), (8, 8), (4, 5), (3, 40), (40, 3), (8, 8)]
+
+
+@pytest.mark.parametrize(
+    "coefficients", ["original", "polar_express", [(3.0, -3.2, 1.2), (2.0, -1.5, 0.5)]]
+)
+def test_batched_newton_schulz_equals_per_matrix_in_float64(coefficients) -> None:
+    # repeated shapes (and a tall matrix of a wide one's shape) are stacked into one bmm batch
+    matrices = _matrices(BATCH_SHAPES, seed=3, dtype=torch.float64)
+    batched = batched_newton_schulz(matrices, 4, coefficients, 1e-7, dtype=None)
+    for m, out in zip(matrices, batched, strict=True):
+        expected = newton_schulz(m, 4, coefficients, 1e-7, dtype=None)
+        assert out.shape == m.shape and out.dtype == torch.float64
+        torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_batched_newton_schulz_splits_large_stacks(monkeypatch) -> None:
+    monkeypatch.setattr(muon_module, "MAX_BATCH_ELEMENTS", 50)  # stacks of 2 matrices of 20
+    matrices = _matrices([(4, 5)] * 4 + [(5, 4)], seed=8, dtype=torch.float64)
+    for m, out in zip(matrices, batched_newton_schulz(matrices, dtype=None), strict=True):
+        torch.testing.assert_close(out, newton_schulz(m, dtype=None), rtol=1e-12, atol=1e-12)
+
+
+def test_batched_newton_schulz_float32_and_inputs_untouched() -> None:
+    matrices = _matrices(BATCH_SHAPES, seed=4)
+    copies = [m.clone() for m in matrices]
+    batched = batched_newton_schulz(matrices, dtype=torch.float32)
+    for m, c, out in zip(matrices, copies, batched, strict=True):
+        assert torch.equal(m, c)
+        torch.testing.assert_close(out, newton_schulz(m, dtype=torch.float32), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_batched_bfloat16_is_torchs_arithmetic(native: bool, monkeypatch) -> None:
+    """Emulated (float32 GEMMs rounded to bfloat16) or native bfloat16 GEMMs: torch's
+    bfloat16 Newton-Schulz bit for bit on small matrices, and as close to the float64 result as
+    torch's on a larger one (where float32 summation order may flip a bfloat16 rounding)."""
+    monkeypatch.setattr(muon_module, "cpu_has_bf16_gemm", lambda: native)
+    matrices = _matrices(BATCH_SHAPES, seed=5)
+    for m, out in zip(matrices, batched_newton_schulz(matrices), strict=True):
+        assert out.dtype == torch.bfloat16
+        assert torch.equal(out, torch_newton_schulz(m, ORIGINAL, 5, 1e-7)), tuple(m.shape)
+    (big,) = _matrices([(64, 192)], seed=6)
+    (ours,) = batched_newton_schulz([big])
+    theirs = torch_newton_schulz(big, ORIGINAL, 5, 1e-7)
+    exact = newton_schulz(big.double(), dtype=None)
+    error = {k: (v.double() - exact).abs().max().item() for k, v in (("ours", ours), ("t", theirs))}
+    assert error["ours"] < 1.5 * error["t"] and 0 < error["t"] < 0.05, error
+    assert not torch.equal(ours.float(), newton_schulz(big, dtype=torch.float32))
+
+
+def test_ns_dtype_auto_is_float32_on_cpu_and_float64_for_float64() -> None:
+    for dtype, forced in ((torch.float32, "float32"), (torch.float64, None)):
+        results = []
+        for ns_dtype in ("auto", forced):
+            p = torch.ones(6, 4, dtype=dtype, requires_grad=True)
+            opt = Muon([p], lr=0.1, ns_dtype=ns_dtype)
+            for g in _matrices([(6, 4)] * 3, seed=7, dtype=dtype):
+                p.grad = g
+                opt.step()
+            results.append(p.detach())
+        assert torch.equal(*results), dtype
+    assert Muon([torch.ones(2, 2, requires_grad=True)]).defaults["ns_dtype"] == "auto"
+    with pytest.raises(ValueError, match=r"ns_dtype.*'auto'"):
+        Muon([torch.ones(2, 2, requires_grad=True)], ns_dtype="half")
 
 
 # -- Newton-Schulz properties -----------------------------------------------------------------

@@ -3,7 +3,8 @@
 The harness's shapes are (5, 4) and (3, 2, 2) (matrices: the 3-D tensor is flattened to 3 x 4,
 as conv weights are) and (7,), (1,) (the AdamW fallback), so every configuration runs both paths.
 The reference runs Newton-Schulz in float64, so the configurations compared at 1e-10 use
-``ns_dtype=None``; the default bfloat16 iteration is compared at a bfloat16 tolerance.
+``ns_dtype=None`` (the default ``"auto"`` is float64 for these float64 parameters on CPU);
+torch's bfloat16 iteration is compared at a bfloat16 tolerance.
 The convergence problems are vectors, so they exercise the AdamW fallback; the matrix path's
 convergence is tested in tests/optim/test_muon.py.
 """
@@ -56,8 +57,9 @@ SPECS = [
     Spec(Muon, dict(lr=0.01, ns_coefficients=[(3.0, -3.2, 1.2), (2.0, -1.5, 0.5)], ns_steps=3,
                     ns_dtype=None), ref.muon, MUON_STATE),
     Spec(Muon, dict(lr=0.01, use_muon=False), ref.muon, MUON_STATE),
-    # the default bfloat16 Newton-Schulz against the float64 reference (bfloat16 tolerance)
-    Spec(Muon, dict(lr=0.01), ref.muon, MUON_STATE, ref_tolerance=2e-3, id="Muon(bf16)"),
+    # torch's bfloat16 Newton-Schulz against the float64 reference (bfloat16 tolerance)
+    Spec(Muon, dict(lr=0.01, ns_dtype="bfloat16"), ref.muon, MUON_STATE, ref_tolerance=2e-3,
+         id="Muon(bf16)"),
     Spec(AuON, dict(lr=0.05, weight_decay=0.1), ref.auon, AUON_STATE, BAD_AUON,
          converge=CONVERGE),
     Spec(AuON, dict(lr=0.05, hybrid=True, ns_steps=2, gamma=1.5, nesterov=False,

@@ -16,9 +16,9 @@ from torch import Tensor
 from gradkit.core.transform import Transform
 from gradkit.core.validation import check_bool, check_positive
 from gradkit.optim._base import GradkitOptimizer, Params, register
-from gradkit.optim.muon import MatrixOrAdamW, lr_ratio
+from gradkit.optim.muon import MatrixOrAdamW, batched_newton_schulz, lr_ratio
 from gradkit.transforms.basic import add_decayed_weights, scale_by_lr
-from gradkit.transforms.orthogonalize import ORIGINAL, newton_schulz
+from gradkit.transforms.orthogonalize import ORIGINAL
 
 RMS_EPS = 1e-8  # the paper's constant in U = X / (rms + 1e-8)
 
@@ -45,13 +45,17 @@ class ScaleByAuON(MatrixOrAdamW):
             raise ValueError(f"Invalid ns_steps: {steps!r} (expected an integer in [1, 100))")
 
     def matrix_update(self, updates, buffers, hp):
+        momenta = self.momentum(updates, buffers, hp)
+        matrices = [u.reshape(u.shape[0], -1) for u in momenta]
+        if hp["hybrid"]:  # in the parameter's dtype, same-shape matrices batched
+            directions = batched_newton_schulz(
+                matrices, hp["ns_steps"], ORIGINAL, hp["eps"], dtype=None
+            )
+        else:
+            norms = torch._foreach_add(torch._foreach_norm(matrices), hp["eps"])
+            directions = torch._foreach_div(matrices, norms)
         out = []
-        for u in self.momentum(updates, buffers, hp):
-            matrix = u.reshape(u.shape[0], -1)
-            if hp["hybrid"]:
-                direction = newton_schulz(matrix, hp["ns_steps"], ORIGINAL, hp["eps"], dtype=None)
-            else:
-                direction = matrix / (torch.linalg.vector_norm(matrix) + hp["eps"])
+        for u, direction in zip(momenta, directions, strict=True):
             scaled = cosh_rms_scale(direction, hp["gamma"]).reshape(u.shape)
             out.append(scaled.mul_(lr_ratio(u.shape, hp["adjust_lr_fn"])))
         return out

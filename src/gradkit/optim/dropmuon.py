@@ -149,7 +149,7 @@ class DropMuon(Muon):
         start_probs: Sequence[float] | None = None,
         update_prob: float = 0.5,
         seed: int = 0,
-        ns_dtype: str | None = "bfloat16",
+        ns_dtype: str | None = "auto",
         adam_betas: tuple[float, float] = (0.9, 0.95),
         adam_eps: float = 1e-10,
         use_muon: bool | None = None,
