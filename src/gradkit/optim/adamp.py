@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gradkit import _native
 from gradkit.core.transform import GroupTransform, State, Transform, zeros_state
 from gradkit.core.validation import (
     check_betas,
@@ -27,8 +28,9 @@ from gradkit.core.validation import (
     check_positive,
     check_unit_interval,
 )
-from gradkit.optim._base import GradkitOptimizer, Params, register
+from gradkit.optim._base import GradkitOptimizer, NativeSpec, Params, register
 from gradkit.optim.adam import adam_denominator, bias_corrections, update_moments
+from gradkit.optim.lars import missing_state
 from gradkit.transforms.basic import scale_by_lr
 
 
@@ -223,7 +225,27 @@ _OFFICIAL_NOTES = r"""
     * We never modify ``p.grad``, and the projection adds no host-device synchronization (both
       views are computed and one is selected on the device; the official code syncs twice per
       parameter).
+
+    The default step on CPU runs a native two-pass kernel (``gk_adamp`` / ``gk_sgdp``): pass 1
+    updates the state and accumulates, per output channel, :math:`g\cdot w, \|g\|^2, \|w\|^2,
+    w\cdot u` (the layer view adds the channels up); pass 2 picks the view and applies the step.
 """
+
+
+class _NativeProjection(GradkitOptimizer):
+    """Runs the projection kernels, which need each parameter's number of output channels."""
+
+    def _run_native(self, spec, lists, steps, seg):
+        del seg
+        out = torch.zeros(len(lists[0]), _native.OUT_WIDTH, dtype=torch.float64)
+        # rows of the channel view; 0 = never projected (fewer than 2 dimensions, or empty)
+        out[:, 0] = torch.tensor(
+            [p.shape[0] if p.ndim >= 2 and p.numel() > 0 else 0 for p in lists[0]],
+            dtype=torch.float64,
+        )
+        _native.kernel(spec.kernel).run(lists, steps, spec.hp, out)
+        if out[0, -1] < 0:
+            raise MemoryError(f"{type(self).__name__}: no memory for the per-channel sums")
 
 
 @register(
@@ -232,7 +254,7 @@ _OFFICIAL_NOTES = r"""
     url="https://arxiv.org/abs/2006.08217",
     state_floats=2,
 )
-class AdamP(GradkitOptimizer):
+class AdamP(_NativeProjection):
     __doc__ = (
         r"""AdamP (Heo et al., 2021): Adam with the radial component projected out on
     scale-invariant weights.
@@ -283,6 +305,13 @@ class AdamP(GradkitOptimizer):
             wd_ratio=wd_ratio, nesterov=nesterov,
         )  # fmt: skip
 
+    def native_spec(self, hp: Mapping[str, Any]) -> NativeSpec | None:
+        b1, b2 = hp["betas"]
+        wd = hp["weight_decay"]
+        args = (float(hp["lr"]), b1, b2, hp["eps"], wd, wd * hp["wd_ratio"], hp["delta"],
+                hp["nesterov"], hp["maximize"])  # fmt: skip
+        return NativeSpec("adamp", ("adamp.exp_avg", "adamp.exp_avg_sq"), tuple(map(float, args)))
+
 
 @register(
     paper="AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant Weights",
@@ -290,7 +319,7 @@ class AdamP(GradkitOptimizer):
     url="https://arxiv.org/abs/2006.08217",
     state_floats=0,
 )
-class SGDP(GradkitOptimizer):
+class SGDP(_NativeProjection):
     __doc__ = (
         r"""SGDP (Heo et al., 2021): SGD with momentum and the radial component projected
     out on scale-invariant weights.
@@ -349,3 +378,13 @@ class SGDP(GradkitOptimizer):
             lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
             nesterov=nesterov, eps=eps, delta=delta, wd_ratio=wd_ratio,
         )  # fmt: skip
+
+    def native_spec(self, hp: Mapping[str, Any]) -> NativeSpec | None:
+        momentum = float(hp["momentum"])
+        keys = ("sgdp.momentum_buffer",) if momentum != 0 else ()
+        if missing_state(self, hp, keys):
+            return None  # momentum switched on later: the readable chain raises a clear error
+        wd = hp["weight_decay"] / (1.0 - momentum)
+        args = (float(hp["lr"]), momentum, 1.0 - hp["dampening"], hp["eps"], wd,
+                wd * hp["wd_ratio"], hp["delta"], hp["nesterov"], hp["maximize"])  # fmt: skip
+        return NativeSpec("sgdp", keys, tuple(map(float, args)))

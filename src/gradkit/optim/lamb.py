@@ -13,9 +13,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gradkit import _native
 from gradkit.core.transform import State, Transform
 from gradkit.core.validation import check_betas, check_bool, check_positive
-from gradkit.optim._base import GradkitOptimizer, Params, register
+from gradkit.optim._base import GradkitOptimizer, NativeSpec, Params, register
 from gradkit.optim.adam import ScaleByAdam, update_moments
 from gradkit.transforms.basic import add_decayed_weights, scale_by_lr
 from gradkit.transforms.trust_ratio import ScaleByTrustRatio
@@ -97,7 +98,8 @@ class LAMB(GradkitOptimizer):
       scale_by_trust_ratio``, ratio 1 at zero norms), read from its code, not run here.
 
     Chain: ``maximize -> scale_by_adam -> add_decayed_weights -> scale_by_trust_ratio ->
-    scale_by_lr``.
+    scale_by_lr``. The default step runs it as one native two-pass kernel (``gk_lamb``: pass 1
+    updates the moments and accumulates :math:`\|w\|^2, \|u\|^2`, pass 2 applies the step).
 
     Example:
         >>> import torch
@@ -141,3 +143,16 @@ class LAMB(GradkitOptimizer):
             bias_correction=bias_correction, weight_norm_bounds=weight_norm_bounds,
             layer_adaptation=layer_adaptation,
         )  # fmt: skip
+
+    def native_spec(self, hp: Mapping[str, Any]) -> NativeSpec | None:
+        bounds = hp["weight_norm_bounds"]
+        lower, upper = (0.0, 0.0) if bounds is None else bounds
+        b1, b2 = hp["betas"]
+        args = (float(hp["lr"]), b1, b2, hp["eps"], hp["weight_decay"], hp["bias_correction"],
+                hp["layer_adaptation"], bounds is not None, lower, upper, hp["maximize"])  # fmt: skip
+        return NativeSpec("lamb", ("adam.exp_avg", "adam.exp_avg_sq"), tuple(map(float, args)))
+
+    def _run_native(self, spec, lists, steps, seg):
+        del seg  # the kernel accumulates its per-tensor norms in ``out``
+        out = torch.zeros(len(lists[0]), _native.OUT_WIDTH, dtype=torch.float64)
+        _native.kernel(spec.kernel).run(lists, steps, spec.hp, out)

@@ -6,10 +6,14 @@ You, Gitman & Ginsburg, "Large Batch Training of Convolutional Networks", arXiv:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+import torch
+
+from gradkit import _native
 from gradkit.core.transform import Transform
-from gradkit.optim._base import GradkitOptimizer, Params, register
+from gradkit.optim._base import GradkitOptimizer, NativeSpec, Params, register
 from gradkit.transforms.basic import scale_by_lr, trace
 from gradkit.transforms.trust_ratio import ScaleByTrustRatio
 
@@ -57,6 +61,8 @@ class LARS(GradkitOptimizer):
       is :math:`\|g + \beta w\|` (norm of the sum), not :math:`\|g\| + \beta\|w\|`.
 
     Chain: ``maximize -> scale_by_trust_ratio(add_weight_decay=True) -> scale_by_lr -> trace``.
+    The default step runs it as one native two-pass kernel (``gk_lars``: pass 1 reduces
+    :math:`\|w\|^2, \|g\|^2`, pass 2 updates the buffer and the weights).
 
     Example:
         >>> import torch
@@ -103,3 +109,27 @@ class LARS(GradkitOptimizer):
             trust_coefficient=trust_coefficient, eps=eps, layer_adaptation=layer_adaptation,
             nesterov=nesterov,
         )  # fmt: skip
+
+    def native_spec(self, hp: Mapping[str, Any]) -> NativeSpec | None:
+        momentum = float(hp["momentum"])
+        keys = ("trace.momentum_buffer",) if momentum != 0 else ()
+        if hp.get("dampening", 0.0) != 0 or missing_state(self, hp, keys):
+            return None  # the readable chain handles (or rejects) these
+        args = (float(hp["lr"]), momentum, hp["weight_decay"], hp["trust_coefficient"], hp["eps"],
+                hp["layer_adaptation"], hp["nesterov"], hp["maximize"])  # fmt: skip
+        return NativeSpec("lars", keys, tuple(map(float, args)))
+
+    def _run_native(self, spec, lists, steps, seg):
+        del seg  # the kernel accumulates its per-tensor norms in ``out``
+        out = torch.zeros(len(lists[0]), _native.OUT_WIDTH, dtype=torch.float64)
+        _native.kernel(spec.kernel).run(lists, steps, spec.hp, out)
+
+
+def missing_state(opt: GradkitOptimizer, hp: Mapping[str, Any], keys: Sequence[str]) -> bool:
+    """Whether a stepped parameter of group ``hp`` lacks one of ``keys`` (momentum switched on
+    after the state was created: the readable chain raises a clear error for that)."""
+    for p in hp["params"] if keys else ():
+        state = opt.state.get(p)
+        if state and any(k not in state for k in keys):
+            return True
+    return False

@@ -14,9 +14,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gradkit import _native
 from gradkit.core.transform import GroupTransform, State, Transform
 from gradkit.core.validation import check_betas, check_bool, check_nonnegative, check_positive
-from gradkit.optim._base import GradkitOptimizer, Params, register
+from gradkit.optim._base import GradkitOptimizer, NativeSpec, Params, register
 from gradkit.transforms.basic import scale_by_lr
 
 
@@ -106,7 +107,8 @@ class NovoGrad(GradkitOptimizer):
     here the first step is the step count. The PyTorch ports modify ``p.grad`` in place; gradkit
     never does. NeMo's ``amsgrad`` and ``luc`` options are not included.
 
-    Chain: ``maximize -> scale_by_novograd -> scale_by_lr``.
+    Chain: ``maximize -> scale_by_novograd -> scale_by_lr``. The default step runs it as one
+    native two-pass kernel (``gk_novograd``: pass 1 reduces :math:`\|g\|^2`, pass 2 updates).
 
     Example:
         >>> import torch
@@ -144,3 +146,15 @@ class NovoGrad(GradkitOptimizer):
             state_dtype=state_dtype,
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, grad_averaging=grad_averaging,
         )  # fmt: skip
+
+    def native_spec(self, hp: Mapping[str, Any]) -> NativeSpec | None:
+        b1, b2 = hp["betas"]
+        args = (float(hp["lr"]), b1, b2, hp["eps"], hp["weight_decay"], hp["grad_averaging"],
+                hp["maximize"])  # fmt: skip
+        keys = ("novograd.exp_avg", "novograd.exp_avg_sq")
+        return NativeSpec("novograd", keys, tuple(map(float, args)))
+
+    def _run_native(self, spec, lists, steps, seg):
+        del seg  # the kernel accumulates its per-tensor norms in ``out``
+        out = torch.zeros(len(lists[0]), _native.OUT_WIDTH, dtype=torch.float64)
+        _native.kernel(spec.kernel).run(lists, steps, spec.hp, out)
