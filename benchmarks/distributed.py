@@ -95,7 +95,7 @@ def _setup(method: str, model: torch.nn.Module, args):
     inner = torch.optim.AdamW(model.parameters(), lr=args.adam_lr, weight_decay=0.01)
     common = {"sync_every": args.sync_every, "timeout": args.timeout}
     if method == "diloco":
-        outer = DiLoCo(model, inner, **common)
+        outer = DiLoCo(model, inner, outer_lr=args.outer_lr, **common)
     elif method == "streaming":
         overlap = min(5, args.sync_every // 2 - 1)
         outer = StreamingDiLoCo(model, inner, fragments=2, overlap=overlap, **common)
@@ -278,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sync-every", type=int, default=50, help="H of the DiLoCo family")
     parser.add_argument("--sgd-lr", type=float, default=0.05)
     parser.add_argument("--adam-lr", type=float, default=1e-3)
+    parser.add_argument("--outer-lr", type=float, default=0.7, help="DiLoCo's outer lr")
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--seed", type=int, default=0)

@@ -174,7 +174,9 @@ def _peers() -> dict[str, tuple[str, Callable]]:
     try:
         import pytorch_optimizer as po
     except ImportError:
-        print("pytorch-optimizer not installed: its rows are skipped (pip install pytorch-optimizer)")
+        print(
+            "pytorch-optimizer not installed: its rows are skipped (pip install pytorch-optimizer)"
+        )
     else:
         for ours, theirs in PYTORCH_OPTIMIZER.items():
             peer = getattr(po, theirs, None)
