@@ -244,7 +244,16 @@ def _native_q8(
     if direction == "encode":
         fn = _native.function(
             "gk_q8_encode",
-            [c.c_int64, c.c_void_p, c.c_void_p, c.c_void_p, c.c_void_p, c.c_int64, c.c_int, c.c_int],
+            [
+                c.c_int64,
+                c.c_void_p,
+                c.c_void_p,
+                c.c_void_p,
+                c.c_void_p,
+                c.c_int64,
+                c.c_int,
+                c.c_int,
+            ],
         )
         if fn is None:
             return False
