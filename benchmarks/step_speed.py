@@ -116,6 +116,9 @@ def _state_bytes(obj) -> int:
     return 0
 
 
+NONFINITE = {"policy": "skip"}  # --nonfinite: the policy every gradkit row runs with
+
+
 def _gradkit_kwargs(name: str) -> dict:
     if name in ("SGD", "SGDP"):
         return {"momentum": 0.9}
@@ -147,7 +150,7 @@ def candidates() -> dict[str, tuple[str, Callable]]:
         kwargs = _gradkit_kwargs(info.name)
         c[f"gradkit {info.name}"] = (
             info.name,
-            lambda p, cls=info.cls, kw=kwargs: cls(p, lr=1e-3, **kw),
+            lambda p, cls=info.cls, kw=kwargs: cls(p, lr=1e-3, nonfinite=NONFINITE["policy"], **kw),
         )
     c["gradkit AdamW nonfinite=apply"] = (
         "AdamW",
@@ -258,7 +261,15 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--only", help="comma-separated substrings of row names to keep")
     ap.add_argument("--json", help="write the table to this path")
+    ap.add_argument(
+        "--nonfinite",
+        choices=("skip", "raise", "apply"),
+        default="skip",
+        help="non-finite gradient policy of the gradkit rows (default skip: one extra read of the "
+        "gradients; apply: no check, the work torch's fused kernels do)",
+    )
     args = ap.parse_args()
+    NONFINITE["policy"] = args.nonfinite
     torch.set_flush_denormal(True)
     params = gpt2_params(args.size)
     n = sum(p.numel() for p in params)
