@@ -4,9 +4,10 @@ An optimizer step is memory-bound: the floor is the bytes it must move. The read
 chain of multi-tensor torch ops, each a full pass over memory; a fast path runs the whole named
 update in one pass per tensor (or two where the method needs a per-tensor reduction first, as
 LAMB's trust ratio does). The kernels are plain C compiled on first use with the system C
-compiler (``cc -O3 -march=native -fopenmp``; no torch headers, so a build takes about a second)
-and cached under ``$GRADKIT_CACHE_DIR`` (default ``~/.cache/gradkit``), keyed by the sources, the
-flags, the compiler and the CPU, so later processes load it in milliseconds. They link the
+compiler (``cc -O3 -march=native -fopenmp``; no torch headers): each source file separately, for
+the dtype a step needs, when one of its kernels first runs (a fraction of a second each), cached
+under ``$GRADKIT_CACHE_DIR`` (default ``~/.cache/gradkit``) keyed by the source, the build flags,
+the compiler and the CPU, so later processes load them in milliseconds. They link the
 OpenMP runtime torch already loaded, so they share its threads.
 
 Without a C compiler (or with ``GRADKIT_NATIVE=0``) every optimizer runs its readable path and a
@@ -20,6 +21,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -33,14 +35,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["available", "function", "kernel", "library", "Kernel", "OUT_WIDTH"]
+__all__ = ["available", "build_all", "function", "kernel", "library", "Kernel", "OUT_WIDTH"]
 
 SOURCE_DIR = Path(__file__).parent
 OUT_WIDTH = 4  # GK_OUT in gk.h: per-tensor reduction slots
 _TYPES = {torch.float32: ("float", "_f32"), torch.float64: ("double", "_f64")}
 _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-std=c11"]
 _lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
 _failed: str | None = None
 
 
@@ -70,48 +71,58 @@ def _compiler() -> str | None:
     return None
 
 
-def _build(cc: str, out: Path) -> None:
-    sources = sorted(SOURCE_DIR.glob("*.c"))
+def _build(cc: str, src: Path, ctype: str, suffix: str, out: Path) -> None:
+    """Compile one kernel source for one element type into a shared library at ``out``."""
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        objects, procs = [], []
-        for src in sources:
-            for ctype, suffix in _TYPES.values():
-                obj = Path(tmp) / f"{src.stem}{suffix}.o"
-                objects.append(str(obj))
-                cmd = [cc, *_FLAGS, f"-DGK_T={ctype}", f"-DGK_SFX={suffix}", f"-I{SOURCE_DIR}"]
-                cmd += ["-DGK_DOUBLE"] if ctype == "double" else []
-                cmd += ["-c", str(src), "-o", str(obj)]
-                procs.append((cmd, subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)))
-        for cmd, proc in procs:
-            _, err = proc.communicate()
-            if proc.returncode:
-                raise RuntimeError(f"{' '.join(cmd)} failed:\n{err}")
         linked = Path(tmp) / out.name
-        cmd = [cc, "-shared", "-fopenmp", "-o", str(linked), *objects]
+        cmd = [cc, *_FLAGS, f"-DGK_T={ctype}", f"-DGK_SFX={suffix}", f"-I{SOURCE_DIR}"]
+        cmd += ["-DGK_DOUBLE"] if ctype == "double" else []
+        cmd += ["-shared", "-o", str(linked), str(src)]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr}")
         os.replace(linked, out)  # atomic: a concurrent process sees the whole file or none
 
 
-def _library_path(cc: str) -> Path:
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+def _unit_path(cc: str, src: Path, suffix: str) -> Path:
+    global _compiler_version
+    if _compiler_version is None:
+        _compiler_version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256()
-    for src in [Path(__file__), *sorted(SOURCE_DIR.glob("*.[ch]"))]:  # + how they are built
-        key.update(src.name.encode() + src.read_bytes())
-    for part in (_FLAGS, version, _cpu_signature(), sys.platform):
+    for part in (Path(__file__), SOURCE_DIR / "gk.h", src):  # the source and how it is built
+        key.update(part.name.encode() + part.read_bytes())
+    for part in (_FLAGS, suffix, _compiler_version, _cpu_signature(), sys.platform):
         key.update(repr(part).encode())
-    return _cache_dir() / "native" / f"gradkit_kernels-{key.hexdigest()[:16]}.so"
+    return _cache_dir() / "native" / f"{src.stem}{suffix}-{key.hexdigest()[:16]}.so"
 
 
-def library() -> ctypes.CDLL | None:
-    """The compiled kernel library (built on first use, then cached), or None if unavailable."""
-    global _lib, _failed
-    if _lib is not None or _failed is not None:
-        return _lib
+_compiler_version: str | None = None
+_SYMBOL = re.compile(r"GK_FN\((gk_\w+)\)|^void (gk_\w+)\(", re.MULTILINE)
+_symbols: dict[str, Path] | None = None
+_units: dict[tuple[Path, str], ctypes.CDLL] = {}
+
+
+def _source_of(symbol: str) -> Path | None:
+    """The kernel source defining ``symbol`` (``gk_adam``; typed suffixes stripped)."""
+    global _symbols
+    if _symbols is None:
+        _symbols = {}
+        for src in sorted(SOURCE_DIR.glob("*.c")):
+            for typed, plain in _SYMBOL.findall(src.read_text()):
+                _symbols[typed or plain] = src
+    return _symbols.get(symbol)
+
+
+def _unit(src: Path, dtype: torch.dtype) -> ctypes.CDLL | None:
+    """The compiled library of one source for one dtype (built on first use, then cached)."""
+    global _failed
+    ctype, suffix = _TYPES[dtype]
+    lib = _units.get((src, suffix))
+    if lib is not None or _failed is not None:
+        return lib
     with _lock:
-        if _lib is not None or _failed is not None:
-            return _lib
+        if (src, suffix) in _units or _failed is not None:
+            return _units.get((src, suffix))
         if os.environ.get("GRADKIT_NATIVE", "1") == "0":
             _failed = "disabled by GRADKIT_NATIVE=0"
             return None
@@ -119,11 +130,11 @@ def library() -> ctypes.CDLL | None:
             cc = _compiler()
             if cc is None:
                 raise RuntimeError("no C compiler found (set CC, or install gcc/clang)")
-            path = _library_path(cc)
+            path = _unit_path(cc, src, suffix)
             if not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
-                _build(cc, path)
-            _lib = ctypes.CDLL(str(path))
+                _build(cc, src, ctype, suffix, path)
+            lib = _units[(src, suffix)] = ctypes.CDLL(str(path))
         except (OSError, RuntimeError) as e:
             _failed = str(e)
             warnings.warn(
@@ -132,7 +143,22 @@ def library() -> ctypes.CDLL | None:
                 RuntimeWarning,
                 stacklevel=3,
             )
-        return _lib
+        return lib
+
+
+def library() -> ctypes.CDLL | None:
+    """The library of the smallest kernel source (the availability probe), or None.
+
+    Sources are compiled one at a time, for the dtype a step needs, the first time a kernel of
+    theirs runs, so a first step compiles two small files, not all of them."""
+    return _unit(SOURCE_DIR / "checks.c", torch.float32)
+
+
+def build_all() -> None:
+    """Compile every kernel source for every dtype now (tests; warming a cache)."""
+    for src in sorted(SOURCE_DIR.glob("*.c")):
+        for dtype in _TYPES:
+            _unit(src, dtype)
 
 
 def available() -> bool:
@@ -147,11 +173,18 @@ class Kernel:
         self.name = name
         self._fns: dict[torch.dtype, ctypes._CFuncPtr] = {}
 
+    def ready(self, dtype: torch.dtype) -> bool:
+        """Whether this kernel is compiled (or compiles now) for ``dtype``."""
+        src = _source_of(f"gk_{self.name}")
+        return dtype in _TYPES and src is not None and _unit(src, dtype) is not None
+
     def _fn(self, dtype: torch.dtype) -> ctypes._CFuncPtr:
         fn = self._fns.get(dtype)
         if fn is None:
-            lib = library()
-            assert lib is not None
+            src = _source_of(f"gk_{self.name}")
+            lib = _unit(src, dtype) if src is not None else None
+            if lib is None:
+                raise RuntimeError(f"native kernel gk_{self.name} is unavailable ({_failed})")
             fn = getattr(lib, f"gk_{self.name}{_TYPES[dtype][1]}")
             fn.restype = None
             fn.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 5 + [ctypes.c_int]
@@ -192,7 +225,8 @@ def function(name: str, argtypes: list[Any]) -> ctypes._CFuncPtr | None:
     """A kernel with its own signature (e.g. ``gk_q8_encode``), or None if unavailable."""
     fn = _functions.get(name)
     if fn is None:
-        lib = library()
+        src = _source_of(name)
+        lib = _unit(src, torch.float32) if src is not None else None
         if lib is None:
             return None
         fn = getattr(lib, name)

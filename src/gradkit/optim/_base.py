@@ -89,7 +89,8 @@ class GradkitOptimizer(ChainOptimizer):
             for i, w in enumerate(lists[0]):
                 by_dtype.setdefault(w.dtype, []).append(i)
             parts = [[[ts[i] for i in idx] for ts in lists] for idx in by_dtype.values()]
-            if not all(_native.eligible(part) for part in parts):
+            kernel = _native.kernel(spec.kernel)
+            if not all(_native.eligible(p) and kernel.ready(p[0][0].dtype) for p in parts):
                 todo.append(seg)
                 continue
             steps = torch.stack([s["step"] for s in states])
