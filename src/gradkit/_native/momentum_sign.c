@@ -92,6 +92,27 @@ static inline T gk_cautious_scale(double count, int64_t numel) {
     return ((T)1 / ((T)count + (T)1)) * (T)numel;
 }
 
+/* Cautious masking's first pass, shared by Lion and Signum: out[i * GK_OUT] += how many entries
+ * of tensor i have sign(lerp(m, g, w)) g > 0 (read-only; the update pass uses the count). Called
+ * inside the kernel's parallel region: its worksharing loop binds to that region. */
+static inline void gk_count_agreeing(GK_ARGS, T sgn, gk_weight w) {
+    (void)step;
+    (void)hp;
+    (void)nthreads;
+    for (int64_t i = 0; i < n; ++i) {
+        const T *m = GK_PTR(2, i), *g = GK_PTR(1, i);
+        int64_t kept = 0;
+#pragma omp for schedule(static) nowait
+        for (int64_t k = 0; k < numel[i]; ++k) {
+            const T gk = sgn * g[k];
+            kept += gk_sign(gk_lerp(m[k], gk, w)) * gk > 0;
+        }
+#pragma omp atomic
+        out[i * GK_OUT] += (double)kept;
+    }
+#pragma omp barrier
+}
+
 /* Lion (Chen et al., 2023). ptrs: params, grads, exp_avg
  * hp: lr, beta1, beta2, weight_decay (decoupled), maximize, cautious
  * c = lerp(m, g, 1-b1); m = lerp(m, g, 1-b2); u = sign(c) [cautious mask]; p = p(1-lr wd) - lr u.
@@ -104,21 +125,7 @@ void GK_FN(gk_lion)(GK_ARGS) {
     const T sgn = maximize ? (T)-1 : (T)1, decay = (T)(1.0 - lr * wd), neg_lr = (T)(-lr);
 #pragma omp parallel num_threads(nthreads)
     {
-        if (cautious) {
-            for (int64_t i = 0; i < n; ++i) {
-                const T *m = GK_PTR(2, i), *g = GK_PTR(1, i);
-                int64_t kept = 0;
-#pragma omp for schedule(static) nowait
-                for (int64_t k = 0; k < numel[i]; ++k) {
-                    const T gk = sgn * g[k];
-                    const T c = gk_lerp(m[k], gk, w1);
-                    kept += gk_sign(c) * gk > 0;
-                }
-#pragma omp atomic
-                out[i * GK_OUT] += (double)kept;
-            }
-#pragma omp barrier
-        }
+        if (cautious) gk_count_agreeing(n, numel, step, ptrs, hp, out, nthreads, sgn, w1);
         for (int64_t i = 0; i < n; ++i) {
             T *p = GK_PTR(0, i), *m = GK_PTR(2, i);
             const T *g = GK_PTR(1, i);
@@ -148,20 +155,7 @@ void GK_FN(gk_signum)(GK_ARGS) {
     const T sgn = maximize ? (T)-1 : (T)1, decay = (T)(1.0 - lr * wd), neg_lr = (T)(-lr);
 #pragma omp parallel num_threads(nthreads)
     {
-        if (cautious) {
-            for (int64_t i = 0; i < n; ++i) {
-                const T *m = GK_PTR(2, i), *g = GK_PTR(1, i);
-                int64_t kept = 0;
-#pragma omp for schedule(static) nowait
-                for (int64_t k = 0; k < numel[i]; ++k) {
-                    const T gk = sgn * g[k];
-                    kept += gk_sign(gk_lerp(m[k], gk, w)) * gk > 0;
-                }
-#pragma omp atomic
-                out[i * GK_OUT] += (double)kept;
-            }
-#pragma omp barrier
-        }
+        if (cautious) gk_count_agreeing(n, numel, step, ptrs, hp, out, nthreads, sgn, w);
         for (int64_t i = 0; i < n; ++i) {
             T *p = GK_PTR(0, i), *m = GK_PTR(2, i);
             const T *g = GK_PTR(1, i);
