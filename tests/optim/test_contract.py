@@ -9,18 +9,16 @@ registry's state size is what the optimizer really allocates; convergence smoke 
 from __future__ import annotations
 
 import copy
-import importlib
-import pkgutil
 import warnings
 
 import pytest
 import torch
 
 import gradkit
-import support
 from gradkit.core import NonFiniteGradientError
 from support.harness import (
     Spec,
+    all_specs,
     checkpoint_roundtrip,
     grad_sequence,
     make_params,
@@ -29,16 +27,7 @@ from support.harness import (
     run,
 )
 
-
-def _all_specs() -> list[Spec]:
-    specs = []
-    for mod in pkgutil.iter_modules(support.__path__):
-        if mod.name.startswith("specs_"):
-            specs += importlib.import_module(f"support.{mod.name}").SPECS
-    return specs
-
-
-SPECS = _all_specs()
+SPECS = all_specs()
 by_id = pytest.mark.parametrize("spec", SPECS, ids=[s.id for s in SPECS])
 N_STEPS = 6
 
