@@ -41,6 +41,14 @@ SOURCE_DIR = Path(__file__).parent
 OUT_WIDTH = 4  # GK_OUT in gk.h: per-tensor reduction slots
 _TYPES = {torch.float32: ("float", "_f32"), torch.float64: ("double", "_f64")}
 _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-std=c11"]
+_FLAGS += [
+    "-Werror=implicit-function-declaration"
+]  # a missing kernel fails the build, not the load
+if platform.machine().lower() in ("x86_64", "amd64"):
+    # GCC prefers 256-bit vectors on AVX-512 CPUs by default; the divisions, square roots and
+    # polynomials of the Adam-type kernels run at half the rate then (124M diffGrad step: 173 ->
+    # 138 ms, LAMB ~224 -> ~204 ms, memory-bound kernels unchanged). Without AVX-512 it is a no-op.
+    _FLAGS.insert(2, "-mprefer-vector-width=512")
 _lock = threading.Lock()
 _failed: str | None = None
 
@@ -97,7 +105,7 @@ def _unit_path(cc: str, src: Path, suffix: str) -> Path:
 
 
 _compiler_version: str | None = None
-_SYMBOL = re.compile(r"GK_FN\((gk_\w+)\)|^void (gk_\w+)\(", re.MULTILINE)
+_SYMBOL = re.compile(r"GK_FN\((gk_\w+)\)|^(?:void|int) (gk_\w+)\(", re.MULTILINE)
 _symbols: dict[str, Path] | None = None
 _units: dict[tuple[Path, str], ctypes.CDLL] = {}
 

@@ -30,3 +30,11 @@ typedef GK_T T;
 /* tensor list j (0 = parameters, 1 = gradients, 2.. = state), tensor i */
 #define GK_PTR(j, i) ((T *)ptrs[(int64_t)(j) * n + (i)])
 static inline T gk_sign(T x) { return (T)((x > 0) - (x < 0)); }
+
+/* a*b + c rounded once where the CPU has FMA, as torch's CPU kernels compute lerp, addcmul and
+ * add(alpha=) (they are built with FMA there); two roundings elsewhere, as torch's then are. */
+#if defined(__FMA__) || defined(__aarch64__)
+#define GK_FMA(a, b, c) fma((a), (b), (c))
+#else
+#define GK_FMA(a, b, c) ((a) * (b) + (c))
+#endif

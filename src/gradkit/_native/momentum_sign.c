@@ -16,14 +16,6 @@
 
 #define GK_TINY ((T)(sizeof(T) == sizeof(float) ? FLT_MIN : DBL_MIN))
 
-/* a*b + c rounded once where the CPU has FMA, as torch's CPU kernels compute lerp, addcmul and
- * add(alpha=) (they are built with FMA there); two roundings elsewhere, as torch's then are. */
-#if defined(__FMA__) || defined(__aarch64__)
-#define GK_FMA(a, b, c) fma((a), (b), (c))
-#else
-#define GK_FMA(a, b, c) ((a) * (b) + (c))
-#endif
-
 /* A lerp weight w as torch's CPU lerp uses it: coefficient w (|w| < 0.5, base a) or w - 1
  * (base b), in T (torch's opmath scalar). */
 typedef struct {
