@@ -103,12 +103,31 @@ class GradkitOptimizer(ChainOptimizer):
 
     _native_params: list[Tensor] = []  # noqa: RUF012 (replaced per call, never mutated)
 
+    def elementwise_spec(self, hp: Mapping[str, Any]) -> NativeSpec | None:
+        """:meth:`native_spec` when its kernel updates every element from that element alone
+        (no per-tensor norm or count, no per-tensor scalar state) and runs in one call, so it may
+        run on any slice of a tensor: the fused 8-bit state step (:mod:`gradkit.memory.storage`)
+        needs that. None otherwise."""
+        if not (self.use_native and self._plain):
+            return None
+        if type(self)._run_native is not GradkitOptimizer._run_native:
+            return None  # a second phase or per-call bookkeeping
+        spec = self.native_spec(hp)
+        return spec if spec is not None and spec.kernel in ELEMENTWISE_KERNELS else None
+
     def _run_native(
         self, spec: NativeSpec, lists: list[list[Tensor]], steps: Tensor, seg: Segment
     ) -> None:
         """Run ``spec`` on one group (override for kernels that need a second phase)."""
         del seg
         _native.kernel(spec.kernel).run(lists, steps, spec.hp)
+
+
+ELEMENTWISE_KERNELS = frozenset(
+    {"adam", "radam", "ademamix", "diffgrad", "grams", "adamomentum", "sgd", "rmsprop",
+     "adagrad", "signsgd", "spam", "sophia"}
+)  # fmt: skip
+"""Kernels in gradkit/_native without reductions across elements or per-tensor scalar state."""
 
 
 @dataclass(frozen=True)
