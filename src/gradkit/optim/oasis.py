@@ -13,9 +13,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gradkit import _native
 from gradkit.core.transform import GroupTransform, State, Transform
 from gradkit.core.validation import check_bool, check_lr, check_positive, check_unit_interval
-from gradkit.optim._base import GradkitOptimizer, Params, register
+from gradkit.optim._base import GradkitOptimizer, NativeSpec, Params, register
 from gradkit.optim._curvature import DiagonalHessianOptimizer, hutchinson_diagonal
 
 __all__ = ["OASIS", "ScaleByOASIS", "hutchinson_diagonal", "scale_by_oasis"]
@@ -95,14 +96,21 @@ class ScaleByOASIS(GroupTransform):
         torch._foreach_mul_(num, d)  # ||dw||^2 in the D-norm
         den = torch._foreach_mul(dg, dg)
         torch._foreach_div_(den, d)  # ||dg||^2 in the dual norm
-        num_sum, den_sum = _total(num), _total(den)
-        grow = math.sqrt(1.0 + theta_prev) * eta_prev
-        bound = 0.5 * math.sqrt(num_sum / den_sum) if num_sum > 0 and den_sum > 0 else math.inf
-        eta = min(grow, bound)
-        if not math.isfinite(eta):  # no curvature seen yet and no growth limit: keep the step
-            eta = eta_prev
-        theta = eta / eta_prev if eta_prev > 0 else math.inf
-        return eta, theta
+        return _next_step_size(_total(num), _total(den), eta_prev, theta_prev)
+
+
+def _next_step_size(
+    num_sum: float, den_sum: float, eta_prev: float, theta_prev: float
+) -> tuple[float, float]:
+    """(eta_k, theta_k) from the group's squared norms of w_k - w_{k-1} (D-norm) and
+    g_k - g_{k-1} (dual norm), shared by the readable and the native path."""
+    grow = math.sqrt(1.0 + theta_prev) * eta_prev
+    bound = 0.5 * math.sqrt(num_sum / den_sum) if num_sum > 0 and den_sum > 0 else math.inf
+    eta = min(grow, bound)
+    if not math.isfinite(eta):  # no curvature seen yet and no growth limit: keep the step
+        eta = eta_prev
+    theta = eta / eta_prev if eta_prev > 0 else math.inf
+    return eta, theta
 
 
 def scale_by_oasis(
@@ -214,3 +222,61 @@ class OASIS(DiagonalHessianOptimizer, GradkitOptimizer):
 
     def _warm_start(self, group: Mapping[str, Any]) -> bool:
         return True
+
+    # -- native path: gk_oasis_sums, the step size here, gk_oasis_step --------------------------
+    def native_spec(self, hp: Mapping[str, Any]) -> NativeSpec | None:
+        keys = ("hessian", "prev_param", "prev_grad") if hp["adaptive_lr"] else ("hessian",)
+        args = (hp["lr"], hp["alpha"], hp["maximize"], hp["adaptive_lr"])
+        return NativeSpec(
+            "oasis_step", tuple(self._hessian_key(k) for k in keys), tuple(float(a) for a in args)
+        )
+
+    def _fast_step(self, params, work, grads, segments, state=None):
+        # Readable path for a group mixing float32 and float64 (the step size sums over the
+        # whole group, a kernel call takes one dtype) and for one switched to adaptive_lr after
+        # its state was made (the readable path raises the error that explains it).
+        prev = self._hessian_key("prev_param")
+
+        def readable(seg) -> bool:
+            if len({w.dtype for w in work[seg.start : seg.stop]}) > 1:
+                return True
+            return seg.hp["adaptive_lr"] and any(
+                prev not in self.state[p] for p in params[seg.start : seg.stop]
+            )
+
+        slow = [s for s in segments if readable(s)]
+        if not slow:
+            return super()._fast_step(params, work, grads, segments, state)
+        fast = [s for s in segments if s not in slow]
+        rest = super()._fast_step(params, work, grads, fast, state) if fast else []
+        return sorted([*rest, *slow], key=lambda s: s.start)
+
+    def _run_native(self, spec, lists, steps, seg):
+        lr, alpha, maximize, adaptive = spec.hp
+        if not adaptive:
+            _native.kernel("oasis_step").run(lists, steps, (-lr, alpha, maximize, 0.0))
+            return
+        entries = [self.state[p] for p in self._native_params]
+        size_key, theta_key = self._hessian_key("step_size"), self._hessian_key("theta")
+        later = [j for j, t in enumerate(steps.tolist()) if t > 1]
+        first = [j for j, t in enumerate(steps.tolist()) if t <= 1]
+        if later:
+            sub = [[ts[j] for j in later] for ts in lists]
+            sums = torch.zeros(len(later), _native.OUT_WIDTH, dtype=torch.float64)
+            _native.kernel("oasis_sums").run(sub, steps[later], (alpha, maximize), sums)
+            eta_prev = entries[later[0]][size_key].item()
+            theta_prev = entries[later[0]][theta_key].item()
+            eta, theta = _next_step_size(
+                math.fsum(sums[:, 0].tolist()), math.fsum(sums[:, 1].tolist()), eta_prev,
+                theta_prev,
+            )  # fmt: skip
+            _native.kernel("oasis_step").run(sub, steps[later], (-eta, alpha, maximize, 1.0))
+            for j in later:
+                entries[j][size_key].fill_(eta)
+                entries[j][theta_key].fill_(theta)
+        if first:  # a parameter's first step uses lr (theta_0 = inf)
+            sub = [[ts[j] for j in first] for ts in lists]
+            _native.kernel("oasis_step").run(sub, steps[first], (-lr, alpha, maximize, 1.0))
+            for j in first:
+                entries[j][size_key].fill_(lr)
+                entries[j][theta_key].fill_(math.inf)
