@@ -127,6 +127,7 @@ def test_ada_clip_then_adam_equals_the_hand_written_combination() -> None:
 
 def test_stable_spam_is_adam_with_ada_clip_and_ada_gn_when_never_reset() -> None:
     grads = _grads(12, spike={6: 100.0})
+
     def readable(p):  # the same arithmetic as the chain below (test_native: kernel == this)
         opt = StableSPAM(p, lr=0.01, weight_decay=0.1, reset_interval=0)
         opt.use_native = False
