@@ -1,4 +1,4 @@
-/* Read-only checks over gradients.
+/* Read-only passes over gradients: the non-finite check, squared norms.
  * gk_nonfinite: out[i * GK_OUT] = 1 if tensor i (ptrs list 0) holds a NaN or inf, else 0.
  * x - x == 0 fails exactly for NaN and +-inf; the OR-reduction vectorizes (a float sum would
  * not, without reassociation). Each thread reads its share of a tensor as four interleaved
@@ -27,6 +27,26 @@ void GK_FN(gk_nonfinite)(GK_ARGS) {
 #pragma omp atomic write
                 out[i * GK_OUT] = 1.0;
             }
+        }
+    }
+}
+
+/* gk_sumsq: out[i * GK_OUT] = sum of x^2 over tensor i (ptrs list 0), accumulated in double per
+ * thread (vectorized; NaN/inf propagate), for norms a step needs before its update pass. */
+void GK_FN(gk_sumsq)(GK_ARGS) {
+    (void)step;
+    (void)hp;
+#pragma omp parallel num_threads(nthreads)
+    {
+        const int64_t tid = omp_get_thread_num(), nt = omp_get_num_threads();
+        for (int64_t i = 0; i < n; ++i) {
+            const T *x = GK_PTR(0, i);
+            const int64_t lo = numel[i] * tid / nt, hi = numel[i] * (tid + 1) / nt;
+            double s = 0;
+#pragma omp simd reduction(+ : s)
+            for (int64_t k = lo; k < hi; ++k) s += (double)x[k] * (double)x[k];
+#pragma omp atomic
+            out[i * GK_OUT] += s;
         }
     }
 }

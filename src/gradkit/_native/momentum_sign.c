@@ -483,3 +483,31 @@ void GK_FN(gk_stable_spam)(GK_ARGS) {
         }
     }
 }
+
+/* ---------------------------------------------------------------------------------------- */
+/* The induced-metric optimiser without RMS scaling (gradkit.optim.InducedMetric, rms=False).
+ * ptrs: params, grads, exp_avg. hp: lr, momentum, weight_decay, maximize.
+ * out[i * GK_OUT] is an input here: c_i = kappa_i / (1 - mu^t) for tensor i, which the caller
+ * derives from the squared gradient norm over every group (gk_sumsq) and the per-tensor metric
+ * EMA, exactly as the readable transform does.
+ * m = lerp(m, g, 1 - mu); u = m c_i; p = p (1 - lr wd) + (-lr) u. */
+void GK_FN(gk_induced_metric)(GK_ARGS) {
+    (void)step;
+    const double lr = hp[0], mu = hp[1], wd = hp[2];
+    const int maximize = hp[3] != 0;
+    const gk_weight w = gk_make_weight(1.0 - mu);
+    const T sgn = maximize ? (T)-1 : (T)1, decay = (T)(1.0 - lr * wd), neg_lr = (T)(-lr);
+#pragma omp parallel num_threads(nthreads)
+    for (int64_t i = 0; i < n; ++i) {
+        T *p = GK_PTR(0, i), *m = GK_PTR(2, i);
+        const T *g = GK_PTR(1, i);
+        const T c = (T)out[i * GK_OUT];
+        const gk_weight a = w; /* a private copy: the loop then vectorizes */
+#pragma omp for schedule(static) nowait
+        for (int64_t k = 0; k < numel[i]; ++k) {
+            const T mk = gk_lerp(m[k], sgn * g[k], a);
+            m[k] = mk;
+            p[k] = GK_FMA(neg_lr, mk * c, p[k] * decay);
+        }
+    }
+}

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gradkit import _native
 from gradkit.core.transform import Context, State, Transform
 from gradkit.core.validation import (
     check_bool,
@@ -21,7 +22,7 @@ from gradkit.core.validation import (
     check_positive,
     check_unit_interval,
 )
-from gradkit.optim._base import GradkitOptimizer, Params, register
+from gradkit.optim._base import GradkitOptimizer, NativeSpec, Params, register
 from gradkit.transforms.basic import add_decayed_weights, scale_by_lr
 
 
@@ -203,3 +204,70 @@ class InducedMetric(GradkitOptimizer):
             lr=lr, momentum=momentum, xi=xi, beta=beta, weight_decay=weight_decay, rms=rms,
             beta_rms=beta_rms, eps=eps,
         )  # fmt: skip
+
+    # -- native path ----------------------------------------------------------------------------
+    def _key(self, name: str) -> str:
+        at = next(j for j, t in enumerate(self.transform.transforms) if t.name == "induced_metric")
+        return f"{self.transform.namespaces[at]}.{name}"
+
+    def native_spec(self, hp: Mapping[str, Any]) -> NativeSpec | None:
+        """gk_induced_metric for ``rms=False`` (run by :meth:`_fast_step` for all groups at
+        once, never group by group)."""
+        if hp["rms"]:
+            return None
+        args = (hp["lr"], hp["momentum"], hp["weight_decay"], hp["maximize"])
+        return NativeSpec("induced_metric", (self._key("exp_avg"),), tuple(float(a) for a in args))
+
+    def _fast_step(self, params, work, grads, segments, state=None):
+        """All groups at once or none (the metric's norm spans every group): gk_sumsq for the
+        squared norms, the per-tensor metric EMA and coefficient here (the readable transform's
+        own 0-d tensor ops), then gk_induced_metric for the one-pass update. ``rms=True``,
+        compressed state or tensors a kernel can't take run the readable chain."""
+        rest = segments
+        if not (self.use_native and self._plain) or state is not None:
+            return rest
+        if any(self.native_spec(seg.hp) is None for seg in segments) or not _native.available():
+            return rest
+        index = [i for seg in segments for i in range(seg.start, seg.stop)]
+        m_key, ema_key = self._key("exp_avg"), self._key("metric_ema")
+        by_dtype: dict[torch.dtype, list[int]] = {}
+        for i in index:
+            by_dtype.setdefault(work[i].dtype, []).append(i)
+        for idx in by_dtype.values():
+            lists = [[work[i] for i in idx], [grads[i] for i in idx]]
+            lists.append([self.state[params[i]].get(m_key) for i in idx])
+            kernel = _native.kernel("induced_metric")
+            if not (_native.eligible(lists) and kernel.ready(lists[0][0].dtype)):
+                return rest
+        # squared norm over every tensor, each norm rounded to its dtype and squared there, as
+        # the readable transform's foreach_norm(...).square() does
+        norm_sq = torch.zeros((), dtype=torch.float64)
+        for idx in by_dtype.values():
+            sums = torch.zeros(len(idx), _native.OUT_WIDTH, dtype=torch.float64)
+            zeros = sums.new_zeros(len(idx))
+            _native.kernel("sumsq").run([[grads[i] for i in idx]], zeros, (), sums)
+            norms = sums[:, 0].sqrt().to(work[idx[0]].dtype)
+            norm_sq += (norms * norms).to(torch.float64).sum()
+        coef: dict[int, float] = {}
+        for seg in segments:
+            mu, beta, xi = seg.hp["momentum"], seg.hp["beta"], seg.hp["xi"]
+            for i in range(seg.start, seg.stop):
+                entry = self.state[params[i]]
+                t = int(entry["step"].item())
+                ema = entry[ema_key]
+                ema.mul_(beta).add_(norm_sq.to(ema), alpha=(1.0 - beta) * xi)
+                scale = 1.0 / (1.0 + (ema / (1.0 - beta**t)).abs())
+                coef[i] = float(scale / (1.0 - mu**t))  # exact: a 0-d tensor of the dtype
+        for seg in segments:
+            args = self.native_spec(seg.hp).hp  # type: ignore[union-attr]
+            for idx in by_dtype.values():
+                mine = [i for i in idx if seg.start <= i < seg.stop]
+                if not mine:
+                    continue
+                lists = [[work[i] for i in mine], [grads[i] for i in mine]]
+                lists.append([self.state[params[i]][m_key] for i in mine])
+                out = torch.zeros(len(mine), _native.OUT_WIDTH, dtype=torch.float64)
+                out[:, 0] = torch.tensor([coef[i] for i in mine], dtype=torch.float64)
+                steps = torch.zeros(len(mine), dtype=torch.float64)
+                _native.kernel("induced_metric").run(lists, steps, args, out)
+        return []
