@@ -14,14 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* torch.lerp(a, b, w): a + w (b - a) for |w| < 0.5, else b - (1 - w)(b - a) (same roundings).
- * Written base + c (b - a) with c = gk_lerp_coef(w) hoisted out of the loop and a select of loaded
- * values for the base, so that no floating-point operation is conditional (loops with one only
- * vectorize with AVX-512 masks). */
-static inline T gk_lerp_coef(T w) { return fabs(w) < (T)0.5 ? w : -((T)1 - w); }
-
-static inline T gk_lerp(T a, T b, T c, int small) { return (small ? a : b) + c * (b - a); }
-
 /* torch.maximum: the larger, NaN if either is NaN (bitwise |: no short-circuit branch). */
 static inline T gk_max_nan(T a, T b) { return ((a > b) | (a != a)) ? a : b; }
 
@@ -122,7 +114,7 @@ void GK_FN(gk_nadam)(GK_ARGS) {
         const double mu = nadam_mu(b1, psi, step[i]), mu_next = nadam_mu(b1, psi, step[i] + 1.0);
         const T grad_coef = (T)((1.0 - mu) / (1.0 - prod));
         const T avg_coef = (T)(mu_next / (1.0 - prod * mu_next));
-        const T w = (T)(1.0 - b1), lc = gk_lerp_coef(w), b2t = (T)b2, one_m_b2 = (T)(1.0 - b2);
+        const T w = (T)(1.0 - b1), lc = gk_lerp_coeff(w), b2t = (T)b2, one_m_b2 = (T)(1.0 - b2);
         const int small = fabs(w) < (T)0.5;
         const T bc2 = (T)(1.0 - pow(b2, step[i]));
         const T decay = (T)(1.0 - lr * wd), neg_lr = (T)(-lr), l2t = (T)l2, epst = (T)eps;
@@ -165,7 +157,7 @@ void GK_FN(gk_radam)(GK_ARGS) {
             scale = r * sqrt(1.0 - b2t_pow);
         }
         const T scalet = (T)scale, bc1 = (T)(1.0 - pow(b1, t));
-        const T w = (T)(1.0 - b1), lc = gk_lerp_coef(w), b2t = (T)b2, one_m_b2 = (T)(1.0 - b2);
+        const T w = (T)(1.0 - b1), lc = gk_lerp_coeff(w), b2t = (T)b2, one_m_b2 = (T)(1.0 - b2);
         const int small = fabs(w) < (T)0.5;
         const T decay = (T)(1.0 - lr * wd), neg_lr = (T)(-lr), l2t = (T)l2, epst = (T)eps;
         const T sgn = maximize ? (T)-1 : (T)1;
@@ -221,9 +213,9 @@ void GK_FN(gk_ademamix)(GK_ARGS) {
         const double t = step[i];
         const double beta3_t = ademamix_beta3(t, b1, b3, beta3_warmup);
         const T alpha_t = (T)ademamix_alpha(t, alpha, alpha_warmup);
-        const T w3 = (T)(1.0 - beta3_t), lc3 = gk_lerp_coef(w3);
+        const T w3 = (T)(1.0 - beta3_t), lc3 = gk_lerp_coeff(w3);
         const int small3 = fabs(w3) < (T)0.5;
-        const T w1 = (T)(1.0 - b1), lc1 = gk_lerp_coef(w1);
+        const T w1 = (T)(1.0 - b1), lc1 = gk_lerp_coeff(w1);
         const int small1 = fabs(w1) < (T)0.5;
         const T b2t = (T)b2, one_m_b2 = (T)(1.0 - b2);
         const T bc1 = (T)(fast ? 1.0 - pow(b1, t) : 1.0), sbc2 = (T)sqrt(1.0 - pow(b2, t));
@@ -276,7 +268,7 @@ void GK_FN(gk_diffgrad)(GK_ARGS) {
     for (int64_t i = 0; i < n; ++i) {
         T *p = GK_PTR(0, i), *m = GK_PTR(2, i), *v = GK_PTR(3, i), *prev = GK_PTR(4, i);
         const T *g = GK_PTR(1, i);
-        const T w = (T)(1.0 - b1), lc = gk_lerp_coef(w), b2t = (T)b2, one_m_b2 = (T)(1.0 - b2);
+        const T w = (T)(1.0 - b1), lc = gk_lerp_coeff(w), b2t = (T)b2, one_m_b2 = (T)(1.0 - b2);
         const int small = fabs(w) < (T)0.5;
         const T isbc2 = (T)(1.0 / sqrt(1.0 - pow(b2, step[i])));
         const T neg_lr_bc1 = (T)(-lr / (1.0 - pow(b1, step[i]))), l2t = (T)l2;
@@ -315,7 +307,7 @@ void GK_FN(gk_grams)(GK_ARGS) {
     for (int64_t i = 0; i < n; ++i) {
         T *p = GK_PTR(0, i), *m = GK_PTR(2, i), *v = GK_PTR(3, i);
         const T *g = GK_PTR(1, i);
-        const T w = (T)(1.0 - b1), lc = gk_lerp_coef(w), b2t = (T)b2, one_m_b2 = (T)(1.0 - b2);
+        const T w = (T)(1.0 - b1), lc = gk_lerp_coeff(w), b2t = (T)b2, one_m_b2 = (T)(1.0 - b2);
         const int small = fabs(w) < (T)0.5;
         const T bc1 = (T)(1.0 - pow(b1, step[i])), sbc2 = (T)sqrt(1.0 - pow(b2, step[i]));
         const T decay = (T)(1.0 - lr * wd), neg_lr = (T)(-lr);
@@ -366,7 +358,7 @@ void GK_FN(gk_adamomentum)(GK_ARGS) {
     for (int64_t i = 0; i < n; ++i) {
         T *p = GK_PTR(0, i), *m = GK_PTR(2, i), *v = GK_PTR(3, i);
         const T *g = GK_PTR(1, i);
-        const T w = (T)(1.0 - b1), lc = gk_lerp_coef(w), b2t = (T)b2, one_m_b2 = (T)(1.0 - b2);
+        const T w = (T)(1.0 - b1), lc = gk_lerp_coeff(w), b2t = (T)b2, one_m_b2 = (T)(1.0 - b2);
         const int small = fabs(w) < (T)0.5, has_l2 = l2 != 0;
         const T bc1 = (T)(1.0 - pow(b1, step[i])), sbc2 = (T)sqrt(1.0 - pow(b2, step[i]));
         const T decay = (T)(1.0 - lr * wd), neg_lr = (T)(-lr), l2t = (T)l2, epst = (T)eps;
@@ -448,7 +440,7 @@ void GK_FN(gk_mars)(GK_ARGS) {
             T *p = GK_PTR(0, i), *m = GK_PTR(2, i), *v = GK_PTR(3, i), *last = GK_PTR(4, i);
             const T *g = GK_PTR(1, i);
             const T coef = (T)(step[i] == 1.0 ? 0.0 : scale), norm = (T)out[i * GK_OUT];
-            const T w = (T)(1.0 - b1), lc = gk_lerp_coef(w), b2t = (T)b2, one_m_b2 = (T)(1.0 - b2);
+            const T w = (T)(1.0 - b1), lc = gk_lerp_coeff(w), b2t = (T)b2, one_m_b2 = (T)(1.0 - b2);
             const int small = fabs(w) < (T)0.5;
             const T bc1 = (T)(1.0 - pow(b1, step[i])), sbc2 = (T)sqrt(1.0 - pow(b2, step[i]));
             const T neg_lr = (T)(-lr), wdt = (T)wd, epst = (T)eps;

@@ -38,3 +38,10 @@ static inline T gk_sign(T x) { return (T)((x > 0) - (x < 0)); }
 #else
 #define GK_FMA(a, b, c) ((a) * (b) + (c))
 #endif
+
+/* torch.lerp(a, b, w) rounded as torch's vectorized CPU kernel does: fma(c, b - a, base) with
+ * c = w and base = a for |w| < 0.5, else c = w - 1 and base = b (two roundings without FMA, as
+ * torch's then). Hoist c = gk_lerp_coeff(w) out of loops; the base is a select of loaded values,
+ * so no floating-point operation is conditional (such loops vectorize without AVX-512 masks). */
+static inline T gk_lerp_coeff(T w) { return fabs(w) < (T)0.5 ? w : w - (T)1; }
+static inline T gk_lerp(T a, T b, T c, int small) { return GK_FMA(c, b - a, small ? a : b); }

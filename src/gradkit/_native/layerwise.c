@@ -29,22 +29,15 @@ static inline void gk_add(double *dst, double x) {
     *dst += x;
 }
 
-/* torch.lerp(a, b, w) on CPU, rounding included: its vector kernel computes
- * fma(w, b - a, a) for |w| < 0.5, else fma(w - 1, b - a, b) (matching it bit for bit keeps
- * chaotic trajectories, such as LAMB's near w = 0, on the readable path's course). */
-static inline T gk_lerp(T a, T b, T w, T w_m_1, int small) {
-    return small ? fma(w, b - a, a) : fma(w_m_1, b - a, b);
-}
-
 /* Adam's moments, shared by LAMB and AdamP: m = lerp(m, g, 1 - b1); v = v b2 + (1 - b2) g g. */
 typedef struct {
-    T w, w_m_1, b2, one_m_b2;
+    T lc, b2, one_m_b2; /* lc: the lerp coefficient of w = 1 - b1 (gk.h) */
     int small;
 } gk_moments;
 
 static gk_moments gk_moments_of(double b1, double b2) {
     const T w = (T)(1.0 - b1);
-    return (gk_moments){w, w - (T)1, (T)b2, (T)(1.0 - b2), fabs(w) < (T)0.5};
+    return (gk_moments){gk_lerp_coeff(w), (T)b2, (T)(1.0 - b2), fabs(w) < (T)0.5};
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -87,7 +80,7 @@ void GK_FN(gk_lamb)(GK_ARGS) {
         if (!adapt) { /* AdamW-like: one pass */
             for (int64_t k = lo; k < hi; ++k) {
                 const T gk = sgn * g[k];
-                const T mk = gk_lerp(m[k], gk, mo.w, mo.w_m_1, mo.small);
+                const T mk = gk_lerp(m[k], gk, mo.lc, mo.small);
                 const T vk = v[k] * mo.b2 + mo.one_m_b2 * gk * gk;
                 m[k] = mk;
                 v[k] = vk;
@@ -101,7 +94,7 @@ void GK_FN(gk_lamb)(GK_ARGS) {
 #pragma omp simd reduction(+ : pp, uu)
         for (int64_t k = lo; k < hi; ++k) {
             const T gk = sgn * g[k];
-            const T mk = gk_lerp(m[k], gk, mo.w, mo.w_m_1, mo.small);
+            const T mk = gk_lerp(m[k], gk, mo.lc, mo.small);
             const T vk = v[k] * mo.b2 + mo.one_m_b2 * gk * gk;
             m[k] = mk;
             v[k] = vk;
@@ -262,7 +255,7 @@ static inline T gk_proj_u(const int kind, T gk, T mk, T vk, const gk_proj_rule r
 static inline T gk_proj_state(const int kind, T gk, T *s0, T *s1, int64_t k,
                               const gk_proj_rule r) {
     if (GK_IS_ADAM(kind)) {
-        const T mk = gk_lerp(s0[k], gk, r.mo.w, r.mo.w_m_1, r.mo.small);
+        const T mk = gk_lerp(s0[k], gk, r.mo.lc, r.mo.small);
         const T vk = s1[k] * r.mo.b2 + r.mo.one_m_b2 * gk * gk;
         s0[k] = mk;
         s1[k] = vk;

@@ -16,8 +16,8 @@
 
 #define GK_TINY ((T)(sizeof(T) == sizeof(float) ? FLT_MIN : DBL_MIN))
 
-/* A lerp weight w as torch's CPU lerp uses it: coefficient w (|w| < 0.5, base a) or w - 1
- * (base b), in T (torch's opmath scalar). */
+/* A lerp weight w as torch's CPU lerp uses it: its coefficient (gk_lerp_coeff in gk.h) and
+ * which formula applies, in T (torch's opmath scalar). */
 typedef struct {
     T coeff;
     int small;
@@ -25,15 +25,12 @@ typedef struct {
 
 static inline gk_weight gk_make_weight(double w) {
     gk_weight out;
-    out.small = fabs(w) < 0.5;
-    out.coeff = out.small ? (T)w : (T)w - (T)1;
+    out.small = fabs((T)w) < (T)0.5; /* in T, as torch compares its opmath weight */
+    out.coeff = gk_lerp_coeff((T)w);
     return out;
 }
 
-/* torch.lerp(a, b, w): a + w (b - a) for |w| < 0.5, else b + (w - 1)(b - a) */
-static inline T gk_lerp(T a, T b, gk_weight w) {
-    return GK_FMA(w.coeff, b - a, w.small ? a : b);
-}
+static inline T gk_lerp_w(T a, T b, gk_weight w) { return gk_lerp(a, b, w.coeff, w.small); }
 
 /* NaN-propagating max of a non-negative accumulator (torch's inf-norm propagates NaN) */
 static inline double gk_nanmax(double a, double b) { return (b != b || b > a) ? b : a; }
@@ -97,7 +94,7 @@ static inline void gk_count_agreeing(GK_ARGS, T sgn, gk_weight w) {
 #pragma omp for schedule(static) nowait
         for (int64_t k = 0; k < numel[i]; ++k) {
             const T gk = sgn * g[k];
-            kept += gk_sign(gk_lerp(m[k], gk, w)) * gk > 0;
+            kept += gk_sign(gk_lerp_w(m[k], gk, w)) * gk > 0;
         }
 #pragma omp atomic
         out[i * GK_OUT] += (double)kept;
@@ -126,8 +123,8 @@ void GK_FN(gk_lion)(GK_ARGS) {
 #pragma omp for schedule(static) nowait
             for (int64_t k = 0; k < numel[i]; ++k) {
                 const T gk = sgn * g[k], mk = m[k];
-                const T c = gk_lerp(mk, gk, a1);
-                m[k] = gk_lerp(mk, gk, a2);
+                const T c = gk_lerp_w(mk, gk, a1);
+                m[k] = gk_lerp_w(mk, gk, a2);
                 T u = gk_sign(c);
                 if (cautious) u = u * gk > 0 ? u * scale : (T)0;
                 p[k] = GK_FMA(neg_lr, u, p[k] * decay);
@@ -155,7 +152,7 @@ void GK_FN(gk_signum)(GK_ARGS) {
 #pragma omp for schedule(static) nowait
             for (int64_t k = 0; k < numel[i]; ++k) {
                 const T gk = sgn * g[k];
-                const T mk = gk_lerp(m[k], gk, w);
+                const T mk = gk_lerp_w(m[k], gk, w);
                 m[k] = mk;
                 T u = gk_sign(mk);
                 if (cautious) u = u * gk > 0 ? u * scale : (T)0;
@@ -208,7 +205,7 @@ static inline __attribute__((always_inline)) void gk_rms_loop(
         v[k] = vk;
         T avg = vk;
         if (centered) {
-            const T gb = gk_lerp(gbar[k], gk, h.w);
+            const T gb = gk_lerp_w(gbar[k], gk, h.w);
             gbar[k] = gb;
             avg = GK_FMA(-gb, gb, vk);
         }
@@ -315,7 +312,7 @@ void GK_FN(gk_gravity)(GK_ARGS) {
             for (int64_t k = 0; k < numel[i]; ++k) {
                 const T gk = sgn * g[k], x = gk * mx;
                 const T zeta = gk / ((T)1 + x * x);
-                const T vk = gk_lerp(v[k], zeta, w);
+                const T vk = gk_lerp_w(v[k], zeta, w);
                 v[k] = vk;
                 p[k] = GK_FMA(neg_lr, vk, p[k]);
             }
@@ -341,7 +338,7 @@ static inline double gk_warmup(double t, double interval, double steps) {
 /* Adam's element update on (already reset) moments, as gk_adam: returns u. */
 static inline T gk_adam_u(T *m, T *v, int64_t k, T mo, T vo, T gk, gk_weight w1, T b2t,
                           T one_m_b2, T sbc2, T epst, T bc1) {
-    const T mk = gk_lerp(mo, gk, w1);
+    const T mk = gk_lerp_w(mo, gk, w1);
     const T vk = GK_FMA(one_m_b2 * gk, gk, vo * b2t);
     m[k] = mk;
     v[k] = vk;
@@ -429,7 +426,7 @@ void GK_FN(gk_stable_spam)(GK_ARGS) {
             if (numel[i] == 0) continue; /* AdaClip skips empty tensors (max_avg unchanged) */
             T *max_avg = GK_PTR(4, i);
             const T gmax = (T)out[i * GK_OUT];
-            const T ma = gk_lerp(*max_avg, gmax, wg3);
+            const T ma = gk_lerp_w(*max_avg, gmax, wg3);
             *max_avg = ma;
             const T bound = ma / (T)(1.0 - pow(g3, step[i]));
             out[i * GK_OUT + 1] = bound;
@@ -455,7 +452,7 @@ void GK_FN(gk_stable_spam)(GK_ARGS) {
         for (int64_t i = 0; i < n; ++i) {
             T *norm_avg = GK_PTR(5, i), *norm_sq_avg = GK_PTR(6, i);
             const T nrm = (T)sqrt(out[i * GK_OUT + 3]);
-            const T na = gk_lerp(*norm_avg, nrm, wg1);
+            const T na = gk_lerp_w(*norm_avg, nrm, wg1);
             const T nsq = GK_FMA((T)(1.0 - g2) * nrm, nrm, *norm_sq_avg * (T)g2);
             *norm_avg = na;
             *norm_sq_avg = nsq;
@@ -505,7 +502,7 @@ void GK_FN(gk_induced_metric)(GK_ARGS) {
         const gk_weight a = w; /* a private copy: the loop then vectorizes */
 #pragma omp for schedule(static) nowait
         for (int64_t k = 0; k < numel[i]; ++k) {
-            const T mk = gk_lerp(m[k], sgn * g[k], a);
+            const T mk = gk_lerp_w(m[k], sgn * g[k], a);
             m[k] = mk;
             p[k] = GK_FMA(neg_lr, mk * c, p[k] * decay);
         }
