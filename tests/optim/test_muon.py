@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -9,7 +10,6 @@ import torch
 from torch.optim._muon import _zeropower_via_newtonschulz as torch_newton_schulz
 
 from gradkit.core.transform import chain
-from gradkit.optim import muon as muon_module
 from gradkit.optim.muon import Muon, batched_newton_schulz
 from gradkit.transforms.orthogonalize import (
     ORIGINAL,
@@ -18,6 +18,9 @@ from gradkit.transforms.orthogonalize import (
     orthogonalize,
 )
 from reference import muon as ref
+
+# the module (gradkit.transforms re-exports a function of the same name)
+ortho_module = importlib.import_module("gradkit.transforms.orthogonalize")
 
 SHAPES = [(5, 4), (4, 7), (12, 6), (6, 12), (8, 8)]
 
@@ -83,7 +86,7 @@ def test_batched_newton_schulz_equals_per_matrix_in_float64(coefficients) -> Non
 
 
 def test_batched_newton_schulz_splits_large_stacks(monkeypatch) -> None:
-    monkeypatch.setattr(muon_module, "MAX_BATCH_ELEMENTS", 50)  # stacks of 2 matrices of 20
+    monkeypatch.setattr(ortho_module, "MAX_BATCH_ELEMENTS", 50)  # stacks of 2 matrices of 20
     matrices = _matrices([(4, 5)] * 4 + [(5, 4)], seed=8, dtype=torch.float64)
     for m, out in zip(matrices, batched_newton_schulz(matrices, dtype=None), strict=True):
         torch.testing.assert_close(out, newton_schulz(m, dtype=None), rtol=1e-12, atol=1e-12)
@@ -103,7 +106,7 @@ def test_batched_bfloat16_is_torchs_arithmetic(native: bool, monkeypatch) -> Non
     """Emulated (float32 GEMMs rounded to bfloat16) or native bfloat16 GEMMs: torch's
     bfloat16 Newton-Schulz bit for bit on small matrices, and as close to the float64 result as
     torch's on a larger one (where float32 summation order may flip a bfloat16 rounding)."""
-    monkeypatch.setattr(muon_module, "cpu_has_bf16_gemm", lambda: native)
+    monkeypatch.setattr(ortho_module, "cpu_has_bf16_gemm", lambda: native)
     matrices = _matrices(BATCH_SHAPES, seed=5)
     for m, out in zip(matrices, batched_newton_schulz(matrices), strict=True):
         assert out.dtype == torch.bfloat16
@@ -201,6 +204,22 @@ def test_orthogonalize_transform_flattens_and_passes_vectors() -> None:
     expected = newton_schulz(conv.reshape(4, 18), dtype=None).reshape(conv.shape)
     torch.testing.assert_close(out[0], expected, rtol=0, atol=0)
     assert out[1] is bias
+
+
+def test_orthogonalize_transform_batches_same_shape_matrices() -> None:
+    """Several same-shape matrices (wide, tall, conv) go through one batched iteration; each
+    result equals its own per-matrix Newton-Schulz."""
+    t = chain(orthogonalize(ns_dtype=None, ns_coefficients="polar_express"))
+    shapes = [(6, 4), (4, 6), (6, 4), (3, 2, 2, 2), (5,), (6, 4)]
+    ups = _matrices(shapes, seed=3, dtype=torch.float64)
+    out = t.update(list(ups), t.init(ups), ups)
+    for u, o in zip(ups, out, strict=True):
+        if u.ndim < 2:
+            assert o is u
+            continue
+        ref_ns = newton_schulz(u.reshape(u.shape[0], -1), coefficients="polar_express", dtype=None)
+        assert o.shape == u.shape and o.dtype == u.dtype
+        torch.testing.assert_close(o, ref_ns.reshape(u.shape), rtol=1e-12, atol=1e-12)
 
 
 # -- the optimizer ------------------------------------------------------------------------------

@@ -37,8 +37,10 @@ unless ``||G||_F`` is below about 1e-5.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -168,6 +170,147 @@ def newton_schulz(
     return x.T if tall else x
 
 
+_BF16_GEMM_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+# a stack of same-shape matrices holds at most this many elements (more go to another stack):
+# batching pays for many small matrices; large ones gain nothing from it but memory
+MAX_BATCH_ELEMENTS = 1 << 24
+
+
+# -- Newton-Schulz, batched -------------------------------------------------------------------
+@functools.cache
+def cpu_has_bf16_gemm() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AVX512-BF16 or AMX flags in
+    ``/proc/cpuinfo``); ``False`` where that cannot be read. Without it, torch's bfloat16 GEMM
+    converts to float32 internally and runs about 4.5x slower than a float32 GEMM."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return False
+    return bool(flags & _BF16_GEMM_FLAGS)
+
+
+def ns_compute_dtype(ns_dtype: str | torch.dtype | None, matrix: Tensor) -> torch.dtype:
+    """The dtype Newton-Schulz iterates in for ``matrix``: ``"auto"`` is float32 on CPU
+    (float64 for a float64 matrix) and bfloat16 elsewhere; ``None`` is the matrix's dtype."""
+    if isinstance(ns_dtype, str):
+        if ns_dtype == "auto":
+            if matrix.device.type != "cpu":
+                return torch.bfloat16
+            return torch.float64 if matrix.dtype == torch.float64 else torch.float32
+        ns_dtype = NS_DTYPES[ns_dtype]
+    return matrix.dtype if ns_dtype is None else ns_dtype
+
+
+def batched_newton_schulz(
+    matrices: Sequence[Tensor],
+    steps: int = 5,
+    coefficients: Any = ORIGINAL,
+    eps: float = 1e-7,
+    *,
+    dtype: str | torch.dtype | None = torch.bfloat16,
+) -> list[Tensor]:
+    """:func:`~gradkit.transforms.orthogonalize.newton_schulz` of every 2-D matrix, fast.
+
+    The same iteration (Frobenius normalisation, wide orientation, ``X <- aX + (bA + cA^2)X``
+    with ``A = XX^T``, as fused ``addmm`` calls), with three speed-ups that leave the arithmetic
+    alone: matrices of one (wide) shape, device and dtype are stacked and iterated together
+    with ``bmm`` / ``baddbmm`` (one call per product instead of one per matrix; stacks of at
+    most ``MAX_BATCH_ELEMENTS`` elements); the products write into three preallocated buffers
+    (no temporaries); and a bfloat16 iteration on a CPU without bfloat16 GEMMs (:func:`cpu_has_bf16_gemm`) runs each product as a float32 GEMM of
+    the bfloat16 values and rounds its result to bfloat16 — the arithmetic of torch's CPU
+    bfloat16 GEMM (float32 accumulation, one rounding per product; only the order of the
+    float32 sums differs) at float32 speed, about 4x faster here.
+
+    ``dtype`` is a ``torch.dtype``, ``None`` (each matrix's own) or a name of
+    ``NS_DTYPES`` or ``"auto"`` (see :func:`ns_compute_dtype`). Returns new tensors of the
+    matrices' shapes in the iteration's dtype (views into the stacked result); the inputs are
+    not modified. Tested against the per-matrix :func:`newton_schulz` in float64.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"Invalid ns_steps: {steps!r} (expected an integer >= 1)")
+    schedule, norm_factor = resolve_coefficients(coefficients)
+    groups: dict[tuple, list[int]] = {}
+    for i, m in enumerate(matrices):
+        if m.ndim != 2:
+            raise ValueError(f"newton_schulz takes 2-D matrices, got shape {tuple(m.shape)}")
+        wide = (min(m.shape), max(m.shape))
+        key = (wide, m.device, ns_compute_dtype(dtype, m))
+        group = groups.setdefault(key, [[]])
+        if group[-1] and (len(group[-1]) + 1) * m.numel() > MAX_BATCH_ELEMENTS:
+            group.append([])
+        group[-1].append(i)
+    out: list[Tensor] = [matrices[0]] * len(matrices)
+    for (_, device, compute), chunks in groups.items():
+        emulate = compute == torch.bfloat16 and device.type == "cpu" and not cpu_has_bf16_gemm()
+        for index in chunks:
+            batch = _stack_wide([matrices[i] for i in index], compute, emulate)
+            result = _iterate(batch, steps, schedule, norm_factor, eps, emulate)
+            if emulate:
+                result = result.to(torch.bfloat16)
+            if result.ndim == 2:
+                result = result.unsqueeze(0)
+            for j, i in enumerate(index):
+                out[i] = result[j].T if _is_tall(matrices[i]) else result[j]
+    return out
+
+
+def _is_tall(matrix: Tensor) -> bool:
+    return matrix.size(0) > matrix.size(1)
+
+
+def _stack_wide(matrices: list[Tensor], compute: torch.dtype, emulate: bool) -> Tensor:
+    """The matrices in wide orientation, cast to ``compute`` (float32 holding bfloat16 values
+    when ``emulate``); one matrix stays 2-D (no copy when no cast is needed: the normalisation
+    makes the first new tensor)."""
+    wide = [m.T if _is_tall(m) else m for m in matrices]
+    if emulate:
+        wide = [w.to(torch.bfloat16) for w in wide]
+    storage = torch.float32 if emulate else compute
+    if len(wide) == 1:
+        return wide[0].to(storage)
+    batch = torch.empty((len(wide), *wide[0].shape), dtype=storage, device=wide[0].device)
+    for slot, w in zip(batch, wide, strict=True):
+        slot.copy_(w)
+    return batch
+
+
+def _round_to_bf16_(t: Tensor) -> Tensor:
+    return t.copy_(t.to(torch.bfloat16))
+
+
+def _iterate(
+    x: Tensor, steps: int, schedule, norm_factor: float, eps: float, emulate: bool
+) -> Tensor:
+    """Normalise each matrix of ``x`` (2-D, or a batch) and run ``steps`` quintic iterations;
+    ``emulate``: round every intermediate to bfloat16, as a bfloat16 iteration stores it."""
+    rounded = _round_to_bf16_ if emulate else _unchanged
+    norm = rounded(torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True))
+    if norm_factor != 1.0:
+        norm = rounded(norm * norm_factor)
+    # divide into a fresh contiguous tensor: the buffers below are contiguous too
+    x = rounded(
+        torch.div(
+            x,
+            rounded(norm.clamp(min=eps)),
+            out=torch.empty_like(x, memory_format=torch.contiguous_format),
+        )
+    )
+    mm, addmm = (torch.mm, torch.addmm) if x.ndim == 2 else (torch.bmm, torch.baddbmm)
+    gram = x.new_empty((*x.shape[:-1], x.shape[-2]))
+    poly, nxt = torch.empty_like(gram), torch.empty_like(x)
+    for k in range(steps):
+        a, b, c = schedule[min(k, len(schedule) - 1)]
+        rounded(mm(x, x.mT, out=gram))
+        rounded(addmm(gram, gram, gram, beta=b, alpha=c, out=poly))
+        rounded(addmm(x, poly, x, beta=a, out=nxt))
+        x, nxt = nxt, x
+    return x
+
+
+def _unchanged(t: Tensor) -> Tensor:
+    return t
+
+
 def as_matrix(tensor: Tensor) -> Tensor:
     """View an n-D (n >= 2) tensor as ``(shape[0], prod(shape[1:]))``: a conv weight
     ``(out, in, kh, kw)`` becomes ``(out, in*kh*kw)``, as in Keller Jordan's Muon."""
@@ -208,7 +351,21 @@ class Orthogonalize(GroupTransform):
         check_ns_hyperparameters(hp)
 
     def update_group(self, updates, state, params, hp, steps, grads):
-        return [orthogonalize_like(u, hp) if u.ndim >= 2 else u for u in updates]
+        # all matrices of the group at once: same-shape ones iterate together (bmm)
+        index = [i for i, u in enumerate(updates) if u.ndim >= 2]
+        if not index:
+            return list(updates)
+        ortho = batched_newton_schulz(
+            [as_matrix(updates[i]) for i in index],
+            hp["ns_steps"],
+            hp["ns_coefficients"],
+            hp["eps"],
+            dtype=NS_DTYPES[hp["ns_dtype"]],
+        )
+        out = list(updates)
+        for i, o in zip(index, ortho, strict=True):
+            out[i] = o.reshape(updates[i].shape).to(updates[i].dtype)
+        return out
 
 
 def orthogonalize(
