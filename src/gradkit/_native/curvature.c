@@ -6,7 +6,6 @@
  * m += (1-b1)(g - m); u = clip(m / max(rho h, eps), -1, 1); p = p (1 - lr wd); p += -lr u.
  * The comparisons are written so that a NaN passes through, as torch's clamp does. */
 #include "gk.h"
-#include <omp.h>
 
 void GK_FN(gk_sophia)(GK_ARGS) {
     const double lr = hp[0], b1 = hp[1], rho = hp[2], eps = hp[3], wd = hp[4];
@@ -57,8 +56,8 @@ void GK_FN(gk_oasis_sums)(GK_ARGS) {
     for (int64_t i = 0; i < n; ++i) {
         const T *p = GK_PTR(0, i), *g = GK_PTR(1, i), *h = GK_PTR(2, i);
         const T *pp = GK_PTR(3, i), *pg = GK_PTR(4, i);
-        const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-        const int64_t lo = numel[i] * t / nt, hi = numel[i] * (t + 1) / nt;
+        int64_t lo, hi;
+        gk_share(numel[i], &lo, &hi);
         double num = 0, den = 0;
 #pragma omp simd reduction(+ : num, den)
         for (int64_t k = lo; k < hi; ++k) {

@@ -13,6 +13,7 @@
  * from hyperparameters in double and rounded once, as torch does with Python scalars.
  */
 #include <tgmath.h>
+#include <omp.h>
 #include <stdint.h>
 
 #ifndef GK_T
@@ -45,3 +46,11 @@ static inline T gk_sign(T x) { return (T)((x > 0) - (x < 0)); }
  * so no floating-point operation is conditional (such loops vectorize without AVX-512 masks). */
 static inline T gk_lerp_coeff(T w) { return fabs(w) < (T)0.5 ? w : w - (T)1; }
 static inline T gk_lerp(T a, T b, T c, int small) { return GK_FMA(c, b - a, small ? a : b); }
+
+/* This thread's share [lo, hi) of N elements (the same shares in every pass of a kernel). */
+static inline void gk_share(int64_t N, int64_t *lo, int64_t *hi) {
+    const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int64_t chunk = (N + nt - 1) / nt;
+    *lo = t * chunk < N ? t * chunk : N;
+    *hi = *lo + chunk < N ? *lo + chunk : N;
+}

@@ -16,14 +16,6 @@
 
 #include "gk.h"
 
-/* This thread's share [lo, hi) of N elements. */
-static inline void gk_share(int64_t N, int64_t *lo, int64_t *hi) {
-    const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-    const int64_t chunk = (N + nt - 1) / nt;
-    *lo = t * chunk < N ? t * chunk : N;
-    *hi = *lo + chunk < N ? *lo + chunk : N;
-}
-
 static inline void gk_add(double *dst, double x) {
 #pragma omp atomic
     *dst += x;
