@@ -86,6 +86,11 @@ def is_meta_key(key: str) -> bool:
     return Q8_TAG in key
 
 
+def q8_meta_key(key: str, kind: str, block_size: int) -> str:
+    """Where the block maxima of q8 state ``key`` live: ``key::absmax:<s|u><block>``."""
+    return f"{key}{Q8_TAG}{'u' if kind == 'unsigned' else 's'}{block_size}"
+
+
 def q8_meta(entry: Mapping[str, Any], key: str) -> tuple[str, Tensor] | None:
     """``(meta_key, absmax)`` when ``entry[key]`` is stored quantized, else None."""
     prefix = key + Q8_TAG
@@ -122,12 +127,11 @@ def encode(
     meta = q8_meta(entry, key)
     mode = _mode(value, policy, kind)
     if mode == "q8":
-        tag = "u" if kind == "unsigned" else "s"
-        meta_key = f"{key}{Q8_TAG}{tag}{policy.block_size}"
+        meta_key = q8_meta_key(key, kind, policy.block_size)
         codes = stored if _reusable(stored, value, torch.uint8) and meta else None
         absmax = meta[1] if meta is not None and meta[0] == meta_key else None
         codes, absmax = quantize_blockwise(
-            value, code_map(tag == "s"), policy.block_size, codes=codes, absmax=absmax
+            value, code_map(kind != "unsigned"), policy.block_size, codes=codes, absmax=absmax
         )
         if meta is not None and meta[0] != meta_key:
             del entry[meta[0]]
@@ -251,7 +255,7 @@ def _run_fused_q8(opt, spec, params: list[Tensor], grads: list[Tensor], policy: 
     signed: list[int] = []
     for key in spec.state:
         kind = opt.transform.state_kind(key)
-        meta_key = f"{key}{Q8_TAG}{'u' if kind == 'unsigned' else 's'}{policy.block_size}"
+        meta_key = q8_meta_key(key, kind, policy.block_size)
         signed.append(int(kind != "unsigned"))
         for e in entries:
             value = e.get(key)
@@ -422,8 +426,7 @@ def _matches(entry: Mapping[str, Any], key: str, policy: Policy, opt: ChainOptim
     probe = torch.empty(stored.shape, dtype=value_dtype, device="meta")
     mode = _mode(probe, policy, kind)
     if mode == "q8":
-        tag = "u" if kind == "unsigned" else "s"
-        return meta is not None and meta[0] == f"{key}{Q8_TAG}{tag}{policy.block_size}"
+        return meta is not None and meta[0] == q8_meta_key(key, kind, policy.block_size)
     if mode == "bf16":
         return stored.dtype == torch.bfloat16
     return meta is None and stored.dtype != torch.bfloat16

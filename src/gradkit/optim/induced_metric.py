@@ -63,18 +63,24 @@ class ScaleByInducedMetric(Transform):
         return out
 
     def _scaled_momentum(self, updates, state, denoms, norm_sq, sl, hp, steps) -> list[Tensor]:
-        mu, beta, xi = hp["momentum"], hp["beta"], hp["xi"]
+        mu = hp["momentum"]
         out = []
         for i in range(sl.start, sl.stop):
-            t = steps[i]
-            ema = state["metric_ema"][i]
-            ema.mul_(beta).add_(norm_sq.to(ema), alpha=(1.0 - beta) * xi)
-            scale = 1.0 / (1.0 + (ema / (1.0 - beta**t)).abs())
+            coef = _metric_coefficient(state["metric_ema"][i], norm_sq, hp, steps[i])
             exp_avg = state["exp_avg"][i]
             exp_avg.lerp_(updates[i], 1.0 - mu)
-            u = exp_avg * (scale / (1.0 - mu**t))
+            u = exp_avg * coef
             out.append(u if denoms[i] is None else u.div_(denoms[i]))
         return out
+
+
+def _metric_coefficient(ema: Tensor, norm_sq: Tensor, hp: Mapping[str, Any], t: int) -> Tensor:
+    r"""Update the metric EMA :math:`s_t` in place and return
+    :math:`\kappa_t/(1-\mu^t)` (a 0-d tensor of the EMA's dtype)."""
+    beta = hp["beta"]
+    ema.mul_(beta).add_(norm_sq.to(ema), alpha=(1.0 - beta) * hp["xi"])
+    scale = 1.0 / (1.0 + (ema / (1.0 - beta**t)).abs())
+    return scale / (1.0 - hp["momentum"] ** t)
 
 
 def _rms_denominators(grads, state, sl, hp, steps) -> list[Tensor]:
@@ -250,14 +256,11 @@ class InducedMetric(GradkitOptimizer):
             norm_sq += (norms * norms).to(torch.float64).sum()
         coef: dict[int, float] = {}
         for seg in segments:
-            mu, beta, xi = seg.hp["momentum"], seg.hp["beta"], seg.hp["xi"]
             for i in range(seg.start, seg.stop):
                 entry = self.state[params[i]]
                 t = int(entry["step"].item())
-                ema = entry[ema_key]
-                ema.mul_(beta).add_(norm_sq.to(ema), alpha=(1.0 - beta) * xi)
-                scale = 1.0 / (1.0 + (ema / (1.0 - beta**t)).abs())
-                coef[i] = float(scale / (1.0 - mu**t))  # exact: a 0-d tensor of the dtype
+                # exact as a float: a 0-d tensor of the parameter's dtype
+                coef[i] = float(_metric_coefficient(entry[ema_key], norm_sq, seg.hp, t))
         for seg in segments:
             args = self.native_spec(seg.hp).hp  # type: ignore[union-attr]
             for idx in by_dtype.values():
