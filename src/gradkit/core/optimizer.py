@@ -142,7 +142,8 @@ class ChainOptimizer(torch.optim.Optimizer):
             group_params, group_grads = _with_grads(group)
             if group_params:
                 candidates.append(GroupGrads(index, group, group_params, group_grads))
-        skipped = self._run_guards(candidates, loss)
+        deferred = self._deferred_checks(candidates)
+        skipped = self._run_guards(candidates, loss, deferred)
         params: list[Tensor] = []
         grads: list[Tensor] = []
         segments: list[Segment] = []
@@ -156,39 +157,99 @@ class ChainOptimizer(torch.optim.Optimizer):
             names += _names(gg.group, gg.params)
             segments.append(Segment(start, len(params), gg.group))
         if params:
-            self._update(params, grads, segments, names)
+            self._checking = {id(gg.group) for gg in candidates if gg.index in deferred}
+            try:
+                self._update(params, grads, segments, names)
+            finally:
+                self._checking = set()
         return loss
 
-    def _run_guards(self, candidates: list[GroupGrads], loss: Any) -> set[int]:
-        """Ask every guard in turn; record, count and warn (once per guard) for each skip."""
+    def _run_guards(
+        self, candidates: list[GroupGrads], loss: Any, deferred: set[int] = frozenset()
+    ) -> set[int]:
+        """Ask every guard in turn; record, count and warn (once per guard) for each skip.
+        The built-in non-finite guard leaves out the ``deferred`` groups (checked in the step)."""
         value = float(loss) if isinstance(loss, (Tensor, float, int)) else None
         skipped: set[int] = set()
         for guard in self.guards:
             active = [gg for gg in candidates if gg.index not in skipped]
+            if isinstance(guard, NonFiniteGuard):
+                active = [gg for gg in active if gg.index not in deferred]
             if not active:
-                break
+                continue
             for index, reason in guard.check(active, value).items():
                 skipped.add(index)
-                group = self.param_groups[index]
-                group[f"{guard.name}_skips"] = group.get(f"{guard.name}_skips", 0) + 1
-                self.skip_log.append(
-                    {
-                        "step": self._step_count,
-                        "group": index,
-                        "guard": guard.name,
-                        "reason": reason,
-                    }
-                )
-                if guard.name not in self._warned:
-                    self._warned.add(guard.name)
-                    warnings.warn(
-                        f"{reason}: step skipped for that group (parameters and state untouched; "
-                        f"see group['{guard.name}_skips'] and optimizer.skip_log). "
-                        "This warning is shown once.",
-                        RuntimeWarning,
-                        stacklevel=4,
-                    )
+                self._record_skip(index, guard.name, reason)
         return skipped
+
+    def _record_skip(self, index: int, guard: str, reason: str) -> None:
+        """Count, log and (once per guard) warn about a skipped group step."""
+        group = self.param_groups[index]
+        group[f"{guard}_skips"] = group.get(f"{guard}_skips", 0) + 1
+        self.skip_log.append(
+            {"step": self._step_count, "group": index, "guard": guard, "reason": reason}
+        )
+        if guard not in self._warned:
+            self._warned.add(guard)
+            warnings.warn(
+                f"{reason}: step skipped for that group (parameters and state untouched; "
+                f"see group['{guard}_skips'] and optimizer.skip_log). "
+                "This warning is shown once.",
+                RuntimeWarning,
+                stacklevel=5,
+            )
+
+    # -- the non-finite check inside a fused step -------------------------------------------
+    _checking: set[int] = frozenset()  # type: ignore[assignment]
+    """``id`` of the groups whose non-finite check this step's fast path does (see below)."""
+
+    def _deferred_checks(self, candidates: list[GroupGrads]) -> set[int]:
+        """Groups whose ``nonfinite="skip"`` check the fused step does itself.
+
+        A kernel whose first pass reads every gradient of a group, read-only, before anything
+        is written (a norm, a maximum) learns from those sums whether a gradient is NaN/inf; the
+        guard's own read of the gradients would then be a second one. Only when the built-in
+        guard is the only guard (a later guard must see the groups the check left), the policy
+        is ``"skip"`` and the group's state exists (so a skip restores it by undoing the step
+        count) and is stored uncompressed.
+        """
+        if (
+            len(self.guards) != 1
+            or self._stores_compressed
+            or any(_compresses(gg.group) for gg in candidates)
+        ):
+            return set()
+        return {
+            gg.index
+            for gg in candidates
+            if gg.group["nonfinite"] == "skip"
+            and not _compresses(gg.group)
+            and all(self.state[p] for p in gg.params)
+            and self._checks_in_step(gg.group, gg.params, gg.grads)
+        }
+
+    def _checks_in_step(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]
+    ) -> bool:
+        """Whether this step's fast path will read all of ``group``'s gradients in a read-only
+        first pass and call :meth:`_skip_late` when its sums are not finite (False here)."""
+        del group, params, grads
+        return False
+
+    def _skip_late(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> bool:
+        """The deferred check of one group, after its first pass saw a non-finite sum: the exact
+        test (a sum overflows for huge finite float64 values, and non-finite parameters make it
+        NaN too). True when a gradient is NaN/inf: the step counts incremented for this step
+        are restored, the skip is recorded as the guard would, and the caller writes nothing."""
+        from gradkit.core.guards import nonfinite_indices
+
+        if not nonfinite_indices(grads):
+            return False
+        for p in params:
+            self.state[p]["step"] -= 1
+        index = next(i for i, g in enumerate(self.param_groups) if g is group)
+        self._record_skip(index, "nonfinite", f"non-finite gradient in param group {index}")
+        return True
 
     def _update(
         self,
@@ -211,6 +272,15 @@ class ChainOptimizer(torch.optim.Optimizer):
         step_tensors = [self.state[p]["step"] for p in params]
         torch._foreach_add_(step_tensors, 1.0)
         rest = self._fast_step(params, work, grads, segments)
+        if self._checking:  # a deferred check the fast path did not run: run it now
+            rest = [
+                seg
+                for seg in rest
+                if id(seg.hp) not in self._checking
+                or not self._skip_late(
+                    seg.hp, params[seg.start : seg.stop], grads[seg.start : seg.stop]
+                )
+            ]
         if len(rest) == len(segments):
             self._run_chain(params, work, grads, segments, step_tensors, names or [])
         elif rest:

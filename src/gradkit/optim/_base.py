@@ -103,6 +103,45 @@ class GradkitOptimizer(ChainOptimizer):
 
     _native_params: list[Tensor] = []  # noqa: RUF012 (replaced per call, never mutated)
 
+    # -- the non-finite check inside a kernel's first pass (ChainOptimizer._deferred_checks) ---
+    def first_pass_slot(self, spec: NativeSpec) -> int | None:
+        """The ``out`` slot where ``spec``'s kernel reduces every gradient, read-only, before it
+        writes anything (its last hp value is then the ``check`` flag, see gk_stop_nonfinite in
+        gradkit/_native/gk.h); None when the kernel has no such pass (one-pass kernels)."""
+        del spec
+        return None
+
+    def _checks_in_step(self, group, params, grads):
+        if not (self.use_native and self._plain) or not _native.available():
+            return False
+        spec = self.native_spec(group)
+        if spec is None or self.first_pass_slot(spec) is None:
+            return False
+        kept = [[self.state[p].get(k) for p in params] for k in spec.state]
+        lists = [params, grads, *kept]
+        return _native.eligible(lists) and _native.kernel(spec.kernel).ready(params[0].dtype)
+
+    def _run_checked(
+        self, spec: NativeSpec, lists: list[list[Tensor]], steps: Tensor, seg: Segment
+    ) -> Tensor:
+        """Run a kernel that has a first pass (see :meth:`first_pass_slot`); returns its ``out``.
+
+        When this group's non-finite check was deferred to the step, the kernel stops after that
+        pass if a reduction is not finite; then the group is skipped (:meth:`_skip_late`) or, on
+        a false alarm (a finite gradient whose squares overflow float64), run again unchecked.
+        """
+        n = len(lists[0])
+        check = self.first_pass_slot(spec) is not None and id(seg.hp) in self._checking
+        out = torch.zeros(n + 1, _native.OUT_WIDTH, dtype=torch.float64)  # + the status row
+        kernel = _native.kernel(spec.kernel)
+        kernel.run(lists, steps, (*spec.hp[:-1], float(check)), out)
+        if out[n, 0] != 0:  # stopped after the first pass: nothing was written
+            if self._skip_late(seg.hp, self._native_params, lists[1]):
+                return out[:n]
+            out.zero_()
+            kernel.run(lists, steps, spec.hp, out)
+        return out[:n]
+
     def elementwise_spec(self, hp: Mapping[str, Any]) -> NativeSpec | None:
         """:meth:`native_spec` when its kernel updates every element from that element alone
         (no per-tensor norm or count, no per-tensor scalar state) and runs in one call, so it may
