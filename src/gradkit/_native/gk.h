@@ -54,3 +54,19 @@ static inline void gk_share(int64_t N, int64_t *lo, int64_t *hi) {
     *lo = t * chunk < N ? t * chunk : N;
     *hi = *lo + chunk < N ? *lo + chunk : N;
 }
+
+/* The non-finite check folded into a kernel's first pass (gradkit.core.ChainOptimizer
+ * ._deferred_checks): a kernel given a trailing hp flag `check` reduces every gradient of the
+ * call, read-only, into out[i * GK_OUT + slot] (a sum of squares or a max |g|, not finite when
+ * a gradient is NaN/inf) before it writes anything; when one of them is not finite it stops
+ * there and sets out[n * GK_OUT] = 1 (with `check`, out has a status row n), and the caller
+ * tests the gradients exactly and skips the group's step. Called by every thread after a
+ * barrier: every thread reads the same sums and takes the same branch. */
+static inline int gk_stop_nonfinite(int check, double *out, int64_t n, int slot) {
+    if (!check) return 0;
+    int bad = 0;
+    for (int64_t i = 0; i < n; ++i) bad |= !isfinite(out[i * GK_OUT + slot]);
+#pragma omp barrier
+    if (bad && omp_get_thread_num() == 0) out[n * GK_OUT] = 1.0;
+    return bad;
+}

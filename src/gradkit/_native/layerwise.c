@@ -112,24 +112,23 @@ void GK_FN(gk_lamb)(GK_ARGS) {
 
 /* ---------------------------------------------------------------------------------------------
  * LARS. ptrs: params, grads[, momentum_buffer].
- * hp: lr, momentum, weight_decay, trust_coefficient, eps, layer_adaptation, nesterov, maximize.
+ * hp: lr, momentum, weight_decay, trust_coefficient, eps, layer_adaptation, nesterov, maximize,
+ *     check (gk_stop_nonfinite on |g|^2).
  * d = g + wd p; ratio = c |p| / (|g| + wd |p| + eps) (1 when |p| or the denominator is not > 0);
  * u = (d ratio)(-lr); b = u on step 1, else b mu + u; p += u + mu b (nesterov) or b.
- * out[i]: |p|^2, |g|^2. */
+ * With layer adaptation, pass 1 sums every tensor (out[i]: |p|^2, |g|^2), read-only, before
+ * pass 2 updates any: the non-finite check then costs nothing. */
 void GK_FN(gk_lars)(GK_ARGS) {
     const double lr = hp[0], mu = hp[1], wd = hp[2], coef = hp[3], eps = hp[4];
     const int adapt = hp[5] != 0, nesterov = hp[6] != 0, maximize = hp[7] != 0;
-    const int has_buf = mu != 0, decay = wd != 0;
+    const int check = hp[8] != 0, has_buf = mu != 0, decay = wd != 0;
+    const T sgn = maximize ? (T)-1 : (T)1, wdt = (T)wd, neg_lr = (T)(-lr), mut = (T)mu;
 #pragma omp parallel num_threads(nthreads)
-    for (int64_t i = 0; i < n; ++i) {
-        T *p = GK_PTR(0, i), *b = has_buf ? GK_PTR(2, i) : GK_PTR(0, i);
-        const T *g = GK_PTR(1, i);
-        const T sgn = maximize ? (T)-1 : (T)1, wdt = (T)wd, neg_lr = (T)(-lr), mut = (T)mu;
-        const int first = step[i] == 1;
-        int64_t lo, hi;
-        gk_share(numel[i], &lo, &hi);
-        T ratio = 1;
-        if (adapt) {
+    {
+        for (int64_t i = 0; adapt && i < n; ++i) {
+            const T *p = GK_PTR(0, i), *g = GK_PTR(1, i);
+            int64_t lo, hi;
+            gk_share(numel[i], &lo, &hi);
             double pp = 0, gg = 0;
 #pragma omp simd reduction(+ : pp, gg)
             for (int64_t k = lo; k < hi; ++k) {
@@ -139,64 +138,89 @@ void GK_FN(gk_lars)(GK_ARGS) {
             }
             gk_add(&out[i * GK_OUT], pp);
             gk_add(&out[i * GK_OUT + 1], gg);
-#pragma omp barrier
-            const T wn = (T)sqrt(out[i * GK_OUT]), gn = (T)sqrt(out[i * GK_OUT + 1]);
-            const T den = decay ? gn + wn * wdt : gn;
-            ratio = (wn > 0 && den > 0) ? ((T)coef * wn) / (den + (T)eps) : (T)1;
         }
-        if (!has_buf) {
+#pragma omp barrier
+        const int stop = adapt && gk_stop_nonfinite(check, out, n, 1);
+        for (int64_t i = 0; !stop && i < n; ++i) {
+            T *p = GK_PTR(0, i), *b = has_buf ? GK_PTR(2, i) : GK_PTR(0, i);
+            const T *g = GK_PTR(1, i);
+            const int first = step[i] == 1;
+            int64_t lo, hi;
+            gk_share(numel[i], &lo, &hi);
+            T ratio = 1;
+            if (adapt) {
+                const T wn = (T)sqrt(out[i * GK_OUT]), gn = (T)sqrt(out[i * GK_OUT + 1]);
+                const T den = decay ? gn + wn * wdt : gn;
+                ratio = (wn > 0 && den > 0) ? ((T)coef * wn) / (den + (T)eps) : (T)1;
+            }
+            if (!has_buf) {
+                for (int64_t k = lo; k < hi; ++k) {
+                    const T gk = sgn * g[k], dk = decay ? gk + wdt * p[k] : gk;
+                    const T u = (adapt ? dk * ratio : dk) * neg_lr;
+                    p[k] = p[k] + u;
+                }
+                continue;
+            }
             for (int64_t k = lo; k < hi; ++k) {
                 const T gk = sgn * g[k], dk = decay ? gk + wdt * p[k] : gk;
                 const T u = (adapt ? dk * ratio : dk) * neg_lr;
-                p[k] = p[k] + u;
+                const T bk = first ? u : b[k] * mut + u;
+                b[k] = bk;
+                p[k] = p[k] + (nesterov ? u + mut * bk : bk);
             }
-            continue;
-        }
-        for (int64_t k = lo; k < hi; ++k) {
-            const T gk = sgn * g[k], dk = decay ? gk + wdt * p[k] : gk;
-            const T u = (adapt ? dk * ratio : dk) * neg_lr;
-            const T bk = first ? u : b[k] * mut + u;
-            b[k] = bk;
-            p[k] = p[k] + (nesterov ? u + mut * bk : bk);
         }
     }
 }
 
 /* ---------------------------------------------------------------------------------------------
  * NovoGrad. ptrs: params, grads, exp_avg, exp_avg_sq (a 0-d tensor per parameter).
- * hp: lr, beta1, beta2, eps, weight_decay, grad_averaging, maximize.
+ * hp: lr, beta1, beta2, eps, weight_decay, grad_averaging, maximize, check (on |g|^2).
  * s = |g|^2 (the norm rounded to T, then squared); v = v d + s (1 - d) with d = 0 on step 1,
  * else beta2; q = g / (sqrt(v) + eps) + wd p, times (1 - beta1) with grad averaging;
- * m = m b1 + q; p += m (-lr). out[i]: |g|^2. */
+ * m = m b1 + q; p += m (-lr). Pass 1 sums every tensor, read-only (out[i]: |g|^2); one thread
+ * then updates the v scalars (out[i] slot 1: sqrt(v) + eps); pass 2 updates. */
 void GK_FN(gk_novograd)(GK_ARGS) {
     const double lr = hp[0], b1 = hp[1], b2 = hp[2], eps = hp[3], wd = hp[4];
-    const int averaging = hp[5] != 0, maximize = hp[6] != 0, decay = wd != 0;
+    const int averaging = hp[5] != 0, maximize = hp[6] != 0, check = hp[7] != 0;
+    const int decay = wd != 0;
+    const T sgn = maximize ? (T)-1 : (T)1, wdt = (T)wd, neg_lr = (T)(-lr), b1t = (T)b1;
+    const T avg = (T)(1.0 - b1);
 #pragma omp parallel num_threads(nthreads)
-    for (int64_t i = 0; i < n; ++i) {
-        T *p = GK_PTR(0, i), *m = GK_PTR(2, i), *v = GK_PTR(3, i);
-        const T *g = GK_PTR(1, i);
-        const T sgn = maximize ? (T)-1 : (T)1, wdt = (T)wd, neg_lr = (T)(-lr), b1t = (T)b1;
-        const T avg = (T)(1.0 - b1);
-        const double dd = step[i] == 1 ? 0.0 : b2;
-        int64_t lo, hi;
-        gk_share(numel[i], &lo, &hi);
-        double gg = 0;
+    {
+        for (int64_t i = 0; i < n; ++i) {
+            const T *g = GK_PTR(1, i);
+            int64_t lo, hi;
+            gk_share(numel[i], &lo, &hi);
+            double gg = 0;
 #pragma omp simd reduction(+ : gg)
-        for (int64_t k = lo; k < hi; ++k) gg += (double)g[k] * (double)g[k];
-        const T v_old = v[0]; /* read before the barrier; thread 0 writes it after */
-        gk_add(&out[i * GK_OUT], gg);
+            for (int64_t k = lo; k < hi; ++k) gg += (double)g[k] * (double)g[k];
+            gk_add(&out[i * GK_OUT], gg);
+        }
 #pragma omp barrier
-        const T gn = (T)sqrt(out[i * GK_OUT]), sq = gn * gn;
-        const T v_new = v_old * (T)dd + sq * (T)(1.0 - dd);
-        const T denom = sqrt(v_new) + (T)eps;
-        if (omp_get_thread_num() == 0) v[0] = v_new;
-        for (int64_t k = lo; k < hi; ++k) {
-            T q = (sgn * g[k]) / denom;
-            q = decay ? q + wdt * p[k] : q;
-            q = averaging ? q * avg : q;
-            const T mk = m[k] * b1t + q;
-            m[k] = mk;
-            p[k] = p[k] + mk * neg_lr;
+        const int stop = gk_stop_nonfinite(check, out, n, 0);
+#pragma omp single
+        for (int64_t i = 0; !stop && i < n; ++i) {
+            T *v = GK_PTR(3, i);
+            const double dd = step[i] == 1 ? 0.0 : b2;
+            const T gn = (T)sqrt(out[i * GK_OUT]), sq = gn * gn;
+            const T v_new = v[0] * (T)dd + sq * (T)(1.0 - dd);
+            v[0] = v_new;
+            out[i * GK_OUT + 1] = sqrt(v_new) + (T)eps;
+        } /* implicit barrier */
+        for (int64_t i = 0; !stop && i < n; ++i) {
+            T *p = GK_PTR(0, i), *m = GK_PTR(2, i);
+            const T *g = GK_PTR(1, i);
+            const T denom = (T)out[i * GK_OUT + 1];
+            int64_t lo, hi;
+            gk_share(numel[i], &lo, &hi);
+            for (int64_t k = lo; k < hi; ++k) {
+                T q = (sgn * g[k]) / denom;
+                q = decay ? q + wdt * p[k] : q;
+                q = averaging ? q * avg : q;
+                const T mk = m[k] * b1t + q;
+                m[k] = mk;
+                p[k] = p[k] + mk * neg_lr;
+            }
         }
     }
 }

@@ -293,16 +293,18 @@ static void gk_absmax_pass(int64_t n, const int64_t *numel, void **ptrs, double 
 }
 
 /* Gravity (Bahrami & Pouriyan Zadeh, 2021). ptrs: params, grads, velocity
- * hp: lr, beta, maximize
- * pass 1: M = max|g|; pass 2: zeta = g / (1 + (g M)^2); bh = (beta t + 1)/(t + 2) with t = step-1;
+ * hp: lr, beta, maximize, check (gk_stop_nonfinite on M)
+ * pass 1: M = max|g| of every tensor; pass 2: zeta = g / (1 + (g M)^2); bh = (beta t + 1)/(t + 2) with t = step-1;
  * V = lerp(V, zeta, 1 - bh); p += -lr V. */
 void GK_FN(gk_gravity)(GK_ARGS) {
     const double lr = hp[0], beta = hp[1];
     const T sgn = hp[2] != 0 ? (T)-1 : (T)1, neg_lr = (T)(-lr);
+    const int check = hp[3] != 0;
 #pragma omp parallel num_threads(nthreads)
     {
         gk_absmax_pass(n, numel, ptrs, out, 0);
-        for (int64_t i = 0; i < n; ++i) {
+        const int stop = gk_stop_nonfinite(check, out, n, 0);
+        for (int64_t i = 0; !stop && i < n; ++i) {
             T *p = GK_PTR(0, i), *v = GK_PTR(2, i);
             const T *g = GK_PTR(1, i);
             const double t = step[i] - 1.0;
@@ -406,14 +408,14 @@ static inline void gk_thread_range(int64_t len, int64_t *lo, int64_t *hi) {
 /* Stable-SPAM (Huang et al., 2025). ptrs: params, grads, exp_avg, exp_avg_sq, max_avg,
  * norm_avg, norm_sq_avg (the last three 0-d tensors)
  * hp: lr, beta1, beta2, eps, weight_decay (decoupled), maximize, gamma1, gamma2, gamma3,
- *     ada_gn_eps, reset_interval, reset_step_count
- * pass 1: M = max|g|; AdaClip scalars (one thread); pass 2: ||clip(g)||^2; AdaGN scalars (one
+ *     ada_gn_eps, reset_interval, reset_step_count, check (gk_stop_nonfinite on M)
+ * pass 1: M = max|g| of every tensor; AdaClip scalars (one thread); pass 2: ||clip(g)||^2; AdaGN scalars (one
  * thread); pass 3: g -> clip -> scale -> Adam with momentum reset -> p.
  * out slots: 0 = M, then the AdaGN scale; 1 = clip bound; 2 = clip scale; 3 = sum of squares. */
 void GK_FN(gk_stable_spam)(GK_ARGS) {
     const double lr = hp[0], b1 = hp[1], b2 = hp[2], eps = hp[3], wd = hp[4];
     const double g1 = hp[6], g2 = hp[7], g3 = hp[8], gn_eps = hp[9], interval = hp[10];
-    const int maximize = hp[5] != 0, restart = hp[11] != 0;
+    const int maximize = hp[5] != 0, restart = hp[11] != 0, check = hp[12] != 0;
     const gk_weight w1 = gk_make_weight(1.0 - b1), wg1 = gk_make_weight(1.0 - g1);
     const gk_weight wg3 = gk_make_weight(1.0 - g3);
     const T sgn = maximize ? (T)-1 : (T)1, decay = (T)(1.0 - lr * wd), neg_lr = (T)(-lr);
@@ -421,8 +423,9 @@ void GK_FN(gk_stable_spam)(GK_ARGS) {
 #pragma omp parallel num_threads(nthreads)
     {
         gk_absmax_pass(n, numel, ptrs, out, 0);
+        const int stop = gk_stop_nonfinite(check, out, n, 0);
 #pragma omp single
-        for (int64_t i = 0; i < n; ++i) {
+        for (int64_t i = 0; !stop && i < n; ++i) {
             if (numel[i] == 0) continue; /* AdaClip skips empty tensors (max_avg unchanged) */
             T *max_avg = GK_PTR(4, i);
             const T gmax = (T)out[i * GK_OUT];
@@ -432,7 +435,7 @@ void GK_FN(gk_stable_spam)(GK_ARGS) {
             out[i * GK_OUT + 1] = bound;
             out[i * GK_OUT + 2] = bound / (gmax < GK_TINY ? GK_TINY : gmax);
         }
-        for (int64_t i = 0; i < n; ++i) {
+        for (int64_t i = 0; !stop && i < n; ++i) {
             const T *g = GK_PTR(1, i);
             const T bound = (T)out[i * GK_OUT + 1], scale = (T)out[i * GK_OUT + 2];
             double sum = 0;
@@ -449,7 +452,7 @@ void GK_FN(gk_stable_spam)(GK_ARGS) {
         }
 #pragma omp barrier
 #pragma omp single
-        for (int64_t i = 0; i < n; ++i) {
+        for (int64_t i = 0; !stop && i < n; ++i) {
             T *norm_avg = GK_PTR(5, i), *norm_sq_avg = GK_PTR(6, i);
             const T nrm = (T)sqrt(out[i * GK_OUT + 3]);
             const T na = gk_lerp_w(*norm_avg, nrm, wg1);
@@ -460,7 +463,7 @@ void GK_FN(gk_stable_spam)(GK_ARGS) {
                              (sqrt(nsq / (T)(1.0 - pow(g2, step[i]))) + (T)gn_eps);
             out[i * GK_OUT] = nrm > 0 ? target / (nrm < GK_TINY ? GK_TINY : nrm) : (T)1;
         }
-        for (int64_t i = 0; i < n; ++i) {
+        for (int64_t i = 0; !stop && i < n; ++i) {
             T *p = GK_PTR(0, i), *m = GK_PTR(2, i), *v = GK_PTR(3, i);
             const T *g = GK_PTR(1, i);
             const T bound = (T)out[i * GK_OUT + 1], scale = (T)out[i * GK_OUT + 2];

@@ -17,7 +17,6 @@ from torch import Tensor
 from gradkit.core.transform import GroupTransform, State, Transform
 from gradkit.core.validation import as_number, check_nonnegative, check_unit_interval
 from gradkit.optim._base import GradkitOptimizer, NativeSpec, Params, register
-from gradkit.optim.signum import run_with_reductions
 from gradkit.transforms.basic import scale_by_lr
 
 
@@ -157,8 +156,11 @@ class Gravity(GradkitOptimizer):
         )  # fmt: skip
 
     def native_spec(self, hp):
-        args = (float(hp["lr"]), hp["beta"], hp["maximize"])
+        args = (float(hp["lr"]), hp["beta"], hp["maximize"], 0.0)
         return NativeSpec("gravity", ("gravity.velocity",), tuple(float(a) for a in args))
 
+    def first_pass_slot(self, spec: NativeSpec) -> int | None:
+        return 0  # max |g| of every tensor before any write
+
     def _run_native(self, spec, lists, steps, seg):
-        run_with_reductions(spec, lists, steps)  # max |g| of each tensor, then the update
+        self._run_checked(spec, lists, steps, seg)

@@ -9,9 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
-
-from gradkit import _native
 from gradkit.core.transform import Transform
 from gradkit.optim._base import GradkitOptimizer, NativeSpec, Params, register
 from gradkit.transforms.basic import scale_by_lr, trace
@@ -116,13 +113,14 @@ class LARS(GradkitOptimizer):
         if hp.get("dampening", 0.0) != 0 or missing_state(self, hp, keys):
             return None  # the readable chain handles (or rejects) these
         args = (float(hp["lr"]), momentum, hp["weight_decay"], hp["trust_coefficient"], hp["eps"],
-                hp["layer_adaptation"], hp["nesterov"], hp["maximize"])  # fmt: skip
+                hp["layer_adaptation"], hp["nesterov"], hp["maximize"], 0.0)  # fmt: skip
         return NativeSpec("lars", keys, tuple(map(float, args)))
 
+    def first_pass_slot(self, spec: NativeSpec) -> int | None:
+        return 1 if spec.hp[5] else None  # |g|^2, summed before any write with adaptation on
+
     def _run_native(self, spec, lists, steps, seg):
-        del seg  # the kernel accumulates its per-tensor norms in ``out``
-        out = torch.zeros(len(lists[0]), _native.OUT_WIDTH, dtype=torch.float64)
-        _native.kernel(spec.kernel).run(lists, steps, spec.hp, out)
+        self._run_checked(spec, lists, steps, seg)  # per-tensor norms in ``out``, then the step
 
 
 def missing_state(opt: GradkitOptimizer, hp: Mapping[str, Any], keys: Sequence[str]) -> bool:

@@ -14,7 +14,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradkit import _native
 from gradkit.core.transform import GroupTransform, State, Transform
 from gradkit.core.validation import check_betas, check_bool, check_nonnegative, check_positive
 from gradkit.optim._base import GradkitOptimizer, NativeSpec, Params, register
@@ -150,11 +149,12 @@ class NovoGrad(GradkitOptimizer):
     def native_spec(self, hp: Mapping[str, Any]) -> NativeSpec | None:
         b1, b2 = hp["betas"]
         args = (float(hp["lr"]), b1, b2, hp["eps"], hp["weight_decay"], hp["grad_averaging"],
-                hp["maximize"])  # fmt: skip
+                hp["maximize"], 0.0)  # fmt: skip
         keys = ("novograd.exp_avg", "novograd.exp_avg_sq")
         return NativeSpec("novograd", keys, tuple(map(float, args)))
 
+    def first_pass_slot(self, spec: NativeSpec) -> int | None:
+        return 0  # |g|^2 of every tensor before any write
+
     def _run_native(self, spec, lists, steps, seg):
-        del seg  # the kernel accumulates its per-tensor norms in ``out``
-        out = torch.zeros(len(lists[0]), _native.OUT_WIDTH, dtype=torch.float64)
-        _native.kernel(spec.kernel).run(lists, steps, spec.hp, out)
+        self._run_checked(spec, lists, steps, seg)

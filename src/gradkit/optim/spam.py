@@ -21,7 +21,6 @@ from gradkit.core.transform import Transform
 from gradkit.core.validation import check_nonnegative
 from gradkit.optim._base import GradkitOptimizer, NativeSpec, Params, register
 from gradkit.optim.adam import ScaleByAdam, scale_by_adam
-from gradkit.optim.signum import run_with_reductions
 from gradkit.transforms.basic import add_decayed_weights, scale_by_lr
 from gradkit.transforms.spike import (
     ada_clip,
@@ -311,12 +310,15 @@ class StableSPAM(GradkitOptimizer):
         b1, b2 = hp["betas"]
         args = (float(hp["lr"]), b1, b2, hp["eps"], hp["weight_decay"], hp["maximize"],
                 hp["ada_gn_gamma1"], hp["ada_gn_gamma2"], hp["ada_clip_gamma3"], hp["ada_gn_eps"],
-                hp["reset_interval"], hp["reset_step_count"])  # fmt: skip
+                hp["reset_interval"], hp["reset_step_count"], 0.0)  # fmt: skip
         return NativeSpec("stable_spam", STABLE_SPAM_STATE, tuple(float(a) for a in args))
 
+    def first_pass_slot(self, spec: NativeSpec) -> int | None:
+        return 0  # max |g| of every tensor (AdaClip) before any write
+
     def _run_native(self, spec, lists, steps, seg):
-        # per tensor: max |g| (AdaClip), then the clipped gradient's norm (AdaGN), then the update
-        run_with_reductions(spec, lists, steps)
+        # max |g| of every tensor (AdaClip), then the clipped gradient's norm (AdaGN), the update
+        self._run_checked(spec, lists, steps, seg)
 
 
 STABLE_SPAM_STATE = ("adam.exp_avg", "adam.exp_avg_sq", "ada_clip.max_avg", "ada_gn.norm_avg",
