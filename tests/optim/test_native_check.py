@@ -33,8 +33,7 @@ def _defers(spec) -> bool:
     opt = spec.make(_groups(params))
     run(opt, params, grad_sequence(1))
     return hasattr(opt, "_checks_in_step") and all(
-        opt._checks_in_step(g, g["params"], [p.grad for p in g["params"]])
-        for g in opt.param_groups
+        opt._checks_in_step(g, g["params"], [p.grad for p in g["params"]]) for g in opt.param_groups
     )
 
 
@@ -178,8 +177,6 @@ def test_the_guard_checks_where_the_kernel_cannot(case, checked_groups):
 
 def test_mixed_groups_only_the_kernel_groups_defer(checked_groups):
     params = make_params()
-    opt = LARS.make(
-        [{"params": params[:2]}, {"params": params[2:], "layer_adaptation": False}]
-    )
+    opt = LARS.make([{"params": params[:2]}, {"params": params[2:], "layer_adaptation": False}])
     run(opt, params, grad_sequence(1))
     assert _guard_sees(opt, params, checked_groups) == [1]
