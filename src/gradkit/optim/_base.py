@@ -106,8 +106,10 @@ class GradkitOptimizer(ChainOptimizer):
     # -- the non-finite check inside a kernel's first pass (ChainOptimizer._deferred_checks) ---
     def first_pass_slot(self, spec: NativeSpec) -> int | None:
         """The ``out`` slot where ``spec``'s kernel reduces every gradient, read-only, before it
-        writes anything (its last hp value is then the ``check`` flag, see gk_stop_nonfinite in
-        gradkit/_native/gk.h); None when the kernel has no such pass (one-pass kernels)."""
+        writes anything; None when it has no such pass (one-pass kernels). A group whose kernel
+        has one may get its non-finite check deferred to the step (``_checking``): kernels run
+        by :meth:`_run_checked` take the ``check`` flag as their last hp value (see
+        gk_stop_nonfinite in gradkit/_native/gk.h); others call :meth:`_skip_late` themselves."""
         del spec
         return None
 

@@ -224,6 +224,9 @@ class InducedMetric(GradkitOptimizer):
         args = (hp["lr"], hp["momentum"], hp["weight_decay"], hp["maximize"])
         return NativeSpec("induced_metric", (self._key("exp_avg"),), tuple(float(a) for a in args))
 
+    def first_pass_slot(self, spec: NativeSpec) -> int | None:
+        return 0  # gk_sumsq reads every gradient before gk_induced_metric writes
+
     def _fast_step(self, params, work, grads, segments, state=None):
         """All groups at once or none (the metric's norm spans every group): gk_sumsq for the
         squared norms, the per-tensor metric EMA and coefficient here (the readable transform's
@@ -245,15 +248,30 @@ class InducedMetric(GradkitOptimizer):
             kernel = _native.kernel("induced_metric")
             if not (_native.eligible(lists) and kernel.ready(lists[0][0].dtype)):
                 return rest
+        sums = {}
+        for idx in by_dtype.values():
+            out = torch.zeros(len(idx), _native.OUT_WIDTH, dtype=torch.float64)
+            _native.kernel("sumsq").run([[grads[i] for i in idx]], out.new_zeros(len(idx)), (), out)
+            sums.update(zip(idx, out[:, 0], strict=True))
+        # the deferred non-finite check (ChainOptimizer._deferred_checks): the sums read every
+        # gradient; a skipped group leaves the metric's norm, as if the guard had skipped it
+        skipped = [
+            seg
+            for seg in segments
+            if id(seg.hp) in self._checking
+            and not all(bool(sums[i].isfinite()) for i in range(seg.start, seg.stop))
+            and self._skip_late(seg.hp, params[seg.start : seg.stop], grads[seg.start : seg.stop])
+        ]
+        segments = [seg for seg in segments if seg not in skipped]
+        kept = {i for seg in segments for i in range(seg.start, seg.stop)}
         # squared norm over every tensor, each norm rounded to its dtype and squared there, as
         # the readable transform's foreach_norm(...).square() does
         norm_sq = torch.zeros((), dtype=torch.float64)
         for idx in by_dtype.values():
-            sums = torch.zeros(len(idx), _native.OUT_WIDTH, dtype=torch.float64)
-            zeros = sums.new_zeros(len(idx))
-            _native.kernel("sumsq").run([[grads[i] for i in idx]], zeros, (), sums)
-            norms = sums[:, 0].sqrt().to(work[idx[0]].dtype)
-            norm_sq += (norms * norms).to(torch.float64).sum()
+            idx = [i for i in idx if i in kept]
+            if idx:
+                norms = torch.stack([sums[i] for i in idx]).sqrt().to(work[idx[0]].dtype)
+                norm_sq += (norms * norms).to(torch.float64).sum()
         coef: dict[int, float] = {}
         for seg in segments:
             for i in range(seg.start, seg.stop):

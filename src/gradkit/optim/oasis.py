@@ -231,6 +231,10 @@ class OASIS(DiagonalHessianOptimizer, GradkitOptimizer):
             "oasis_step", tuple(self._hessian_key(k) for k in keys), tuple(float(a) for a in args)
         )
 
+    def first_pass_slot(self, spec: NativeSpec) -> int | None:
+        # gk_oasis_sums reads every gradient ((g - g_prev)^2 / D) before gk_oasis_step writes
+        return 1 if spec.hp[3] else None
+
     def _fast_step(self, params, work, grads, segments, state=None):
         # Readable path for a group mixing float32 and float64 (the step size sums over the
         # whole group, a kernel call takes one dtype) and for one switched to adaptive_lr after
@@ -260,10 +264,16 @@ class OASIS(DiagonalHessianOptimizer, GradkitOptimizer):
         size_key, theta_key = self._hessian_key("step_size"), self._hessian_key("theta")
         later = [j for j, t in enumerate(steps.tolist()) if t > 1]
         first = [j for j, t in enumerate(steps.tolist()) if t <= 1]
+        check = id(seg.hp) in self._checking  # deferred non-finite check: the sums read every g
+        if check and first and self._skip_late(seg.hp, self._native_params, lists[1]):
+            return
         if later:
             sub = [[ts[j] for j in later] for ts in lists]
             sums = torch.zeros(len(later), _native.OUT_WIDTH, dtype=torch.float64)
             _native.kernel("oasis_sums").run(sub, steps[later], (alpha, maximize), sums)
+            finite = bool(first) or bool(sums[:, 1].isfinite().all())  # first: checked above
+            if check and not finite and self._skip_late(seg.hp, self._native_params, lists[1]):
+                return
             eta_prev = entries[later[0]][size_key].item()
             theta_prev = entries[later[0]][theta_key].item()
             eta, theta = _next_step_size(
