@@ -92,9 +92,10 @@ def test_kernel_skip_matches_the_guard_skip(spec, bad, checked_groups):
     checked_groups.clear()
     grads = grad_sequence(1, seed=5)[0]
     grads[3][0] = bad  # group 1
-    with pytest.warns(RuntimeWarning, match="non-finite gradient in param group 1"):
+    with pytest.warns(RuntimeWarning, match="non-finite gradient in param group 1") as record:
         run(opt, params, [grads])
     assert checked_groups == [], "the guard read gradients the kernel checks"
+    assert record[0].filename.endswith("harness.py")  # points at the step() call, as the guard's
     # group 1: untouched, step counts included; group 0 stepped
     for p, q in zip(params[2:], before_params[2:], strict=True):
         assert torch.equal(p, q)
@@ -108,8 +109,9 @@ def test_kernel_skip_matches_the_guard_skip(spec, bad, checked_groups):
     ref = spec.make(_groups(ref_params))
     ref.add_guard(_never_skips())
     run(ref, ref_params, grad_sequence(2))
-    with pytest.warns(RuntimeWarning, match="non-finite"):
+    with pytest.warns(RuntimeWarning, match="non-finite") as record:
         run(ref, ref_params, [grads])
+    assert record[0].filename.endswith("harness.py")
     assert checked_groups[-1] == [0, 1]
     for p, q in zip(params, ref_params, strict=True):
         assert torch.equal(p, q)

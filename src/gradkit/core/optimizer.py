@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -196,7 +197,7 @@ class ChainOptimizer(torch.optim.Optimizer):
                 f"see group['{guard}_skips'] and optimizer.skip_log). "
                 "This warning is shown once.",
                 RuntimeWarning,
-                stacklevel=5,
+                stacklevel=_outside_stacklevel(),
             )
 
     # -- the non-finite check inside a fused step -------------------------------------------
@@ -457,6 +458,18 @@ class ChainOptimizer(torch.optim.Optimizer):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.transform!r})"
+
+
+def _outside_stacklevel() -> int:
+    """``warnings.warn``'s stacklevel, called from the function calling this one, that points
+    at the first frame outside gradkit and torch (the user's ``step()`` call, however deep in
+    the step the warning is raised)."""
+    frame, level = sys._getframe(1), 1  # the caller of warn: stacklevel 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(
+        ("gradkit.", "torch.")
+    ):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def check_storage(hp: Mapping[str, Any]) -> None:
