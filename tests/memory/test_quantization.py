@@ -210,3 +210,35 @@ def test_native_codec_matches_on_nonfinite_blocks_and_odd_block_sizes(block, sig
             fast.dtype.is_floating_point and torch.equal(fast.nan_to_num(7.0), slow.nan_to_num(7.0))
         )
     assert math.isnan(results[0][1][0].item()) and results[0][1][1].item() == math.inf
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_native_encoder_at_every_decision_boundary(signed, monkeypatch):
+    """Every midpoint of the map, its float neighbours on both sides, and every code value, in
+    blocks whose maximum is 1 (so y = x exactly): the native encoder's search, the torch path's
+    lookup table and torch.bucketize agree on each (a tie goes to the lower code)."""
+    from gradkit import _native
+    from gradkit.memory import quantization as q
+
+    if not _native.available():
+        pytest.skip("native kernels unavailable (no C compiler)")
+    cm = q.code_map(signed)
+    mids = cm.midpoints
+    points = torch.cat(
+        [
+            mids,
+            torch.nextafter(mids, torch.full_like(mids, 2.0)),
+            torch.nextafter(mids, torch.full_like(mids, -2.0)),
+            cm.values,
+            torch.tensor([0.0, -0.0, 1e-38, -1e-38, 1e-45]),
+        ]
+    ).clamp(-1.0 if signed else 0.0, 1.0)
+    block = 64  # 63 points and a 1.0 per block
+    rows = points.split(block - 1)
+    x = torch.cat([torch.cat([r, torch.ones(block - 1 - r.numel() + 1)]) for r in rows])
+    expected = torch.bucketize(x, mids, right=False).to(torch.uint8)
+    for native in (True, False):
+        monkeypatch.setattr(q, "use_native", native)
+        codes, absmax = q.quantize_blockwise(x, cm, block)
+        assert torch.equal(absmax, torch.ones_like(absmax))
+        assert torch.equal(codes.view(-1)[: x.numel()], expected), f"native={native}"
