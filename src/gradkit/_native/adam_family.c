@@ -381,9 +381,9 @@ void GK_FN(gk_adamomentum)(GK_ARGS) {
 /* ---------------------------------------------------------------------------------------------
  * MARS-AdamW, approximate form, for the tensors that take the MARS update (the Python side sends
  * the AdamW-fallback tensors to gk_adam). ptrs: params, grads, exp_avg, exp_avg_sq, last_grad.
- * hp: lr, beta1, beta2, eps, weight_decay, gamma, maximize.
- * c = (g - g_prev) coef + g with coef = gamma b1/(1-b1) (0 at t = 1); pass 1: ||c|| per tensor
- * (summed in double, per thread, then over threads in a fixed order: deterministic);
+ * hp: lr, beta1, beta2, eps, weight_decay, gamma, maximize, check (gk_stop_nonfinite on ||c||).
+ * c = (g - g_prev) coef + g with coef = gamma b1/(1-b1) (0 at t = 1); pass 1: ||c|| of every
+ * tensor (summed in double, per thread, then over threads in a fixed order: deterministic);
  * pass 2: c /= max(||c||, 1) (NaN propagates), g_prev = g, Adam on c, u += wd p, p += -lr u.
  * out[i * GK_OUT] receives max(||c_i||, 1). */
 static inline void gk_chunk(int64_t len, int nthr, int tid, int64_t *lo, int64_t *hi) {
@@ -396,7 +396,7 @@ static inline void gk_chunk(int64_t len, int nthr, int tid, int64_t *lo, int64_t
 
 void GK_FN(gk_mars)(GK_ARGS) {
     const double lr = hp[0], b1 = hp[1], b2 = hp[2], eps = hp[3], wd = hp[4], gamma = hp[5];
-    const int maximize = hp[6] != 0, has_wd = wd != 0;
+    const int maximize = hp[6] != 0, has_wd = wd != 0, check = hp[7] != 0;
     const double scale = gamma * b1 / (1.0 - b1);
     int nthr = nthreads > 0 ? nthreads : 1;
     double *partial = calloc((size_t)(n > 0 ? n : 1) * (size_t)nthr, sizeof(double));
@@ -436,7 +436,8 @@ void GK_FN(gk_mars)(GK_ARGS) {
             out[i * GK_OUT] = (norm > 1.0 || norm != norm) ? norm : 1.0;
         }
         /* the implicit barrier of the loop above publishes out[] to every thread */
-        for (int64_t i = 0; i < n; ++i) {
+        const int stop = gk_stop_nonfinite(check, out, n, 0);
+        for (int64_t i = 0; !stop && i < n; ++i) {
             T *p = GK_PTR(0, i), *m = GK_PTR(2, i), *v = GK_PTR(3, i), *last = GK_PTR(4, i);
             const T *g = GK_PTR(1, i);
             const T coef = (T)(step[i] == 1.0 ? 0.0 : scale), norm = (T)out[i * GK_OUT];

@@ -125,8 +125,9 @@ class GradkitOptimizer(ChainOptimizer):
 
     def _run_checked(
         self, spec: NativeSpec, lists: list[list[Tensor]], steps: Tensor, seg: Segment
-    ) -> Tensor:
-        """Run a kernel that has a first pass (see :meth:`first_pass_slot`); returns its ``out``.
+    ) -> Tensor | None:
+        """Run a kernel that has a first pass (see :meth:`first_pass_slot`); returns its ``out``,
+        or None when the group's step was skipped.
 
         When this group's non-finite check was deferred to the step, the kernel stops after that
         pass if a reduction is not finite; then the group is skipped (:meth:`_skip_late`) or, on
@@ -139,7 +140,7 @@ class GradkitOptimizer(ChainOptimizer):
         kernel.run(lists, steps, (*spec.hp[:-1], float(check)), out)
         if out[n, 0] != 0:  # stopped after the first pass: nothing was written
             if self._skip_late(seg.hp, self._native_params, lists[1]):
-                return out[:n]
+                return None
             out.zero_()
             kernel.run(lists, steps, spec.hp, out)
         return out[:n]

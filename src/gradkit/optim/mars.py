@@ -319,8 +319,11 @@ class MARS(GradkitOptimizer):
             return None  # the exact form's recorded-gradient bookkeeping stays readable
         b1, b2 = hp["betas"]
         keys = tuple(self._prefix + k for k in ("exp_avg", "exp_avg_sq", "last_grad"))
-        args = (hp["lr"], b1, b2, hp["eps"], hp["weight_decay"], hp["gamma"], hp["maximize"])
+        args = (hp["lr"], b1, b2, hp["eps"], hp["weight_decay"], hp["gamma"], hp["maximize"], 0)
         return NativeSpec("mars", keys, tuple(float(a) for a in args))
+
+    def first_pass_slot(self, spec: NativeSpec) -> int | None:
+        return 0  # ||c|| of every MARS tensor before any write (1-D tensors: checked first)
 
     def _run_native(self, spec, lists, steps, seg):
         """MARS tensors through ``gk_mars`` (two passes: the norm of the corrected gradient, then
@@ -328,11 +331,18 @@ class MARS(GradkitOptimizer):
         hp = seg.hp
         mars = [j for j, w in enumerate(lists[0]) if uses_mars(w, hp)]
         rest = [j for j, w in enumerate(lists[0]) if not uses_mars(w, hp)]
+        # a deferred non-finite check (ChainOptimizer._deferred_checks): the AdamW-fallback
+        # gradients (vectors, a small share) are read here, the MARS ones by gk_mars's first pass
+        check = id(hp) in self._checking
+        grads = lists[1]
+        bad_rest = check and rest and nonfinite_indices([grads[j] for j in rest])
+        if bad_rest and self._skip_late(hp, self._native_params, grads):
+            return
         if mars:
             sub = [_pick(ts, mars) for ts in lists]
             _check_correction_buffers(sub[4], sub[1])
-            norms = torch.zeros(len(mars), _native.OUT_WIDTH, dtype=torch.float64)
-            _native.kernel("mars").run(sub, steps[mars], spec.hp, norms)
+            if self._run_checked(spec, sub, steps[mars], seg) is None:
+                return  # skipped: nothing was written
         if rest:
             b1, b2 = hp["betas_1d"]
             base = hp.get("initial_lr", hp["lr"])
