@@ -36,16 +36,5 @@ void GK_FN(gk_sumsq)(GK_ARGS) {
     (void)step;
     (void)hp;
 #pragma omp parallel num_threads(nthreads)
-    {
-        for (int64_t i = 0; i < n; ++i) {
-            const T *x = GK_PTR(0, i);
-            int64_t lo, hi;
-            gk_share(numel[i], &lo, &hi);
-            double s = 0;
-#pragma omp simd reduction(+ : s)
-            for (int64_t k = lo; k < hi; ++k) s += (double)x[k] * (double)x[k];
-#pragma omp atomic
-            out[i * GK_OUT] += s;
-        }
-    }
+    gk_sumsq_pass(n, numel, ptrs, 0, out, 0);
 }

@@ -55,6 +55,22 @@ static inline void gk_share(int64_t N, int64_t *lo, int64_t *hi) {
     *hi = *lo + chunk < N ? *lo + chunk : N;
 }
 
+/* Inside a parallel region: out[i * GK_OUT + slot] += the sum of x^2 over tensor i of pointer
+ * list j, each thread over its gk_share in double (vectorized; NaN/inf propagate). No barrier. */
+static inline void gk_sumsq_pass(int64_t n, const int64_t *numel, void **ptrs, int j, double *out,
+                                 int slot) {
+    for (int64_t i = 0; i < n; ++i) {
+        const T *x = GK_PTR(j, i);
+        int64_t lo, hi;
+        gk_share(numel[i], &lo, &hi);
+        double s = 0;
+#pragma omp simd reduction(+ : s)
+        for (int64_t k = lo; k < hi; ++k) s += (double)x[k] * (double)x[k];
+#pragma omp atomic
+        out[i * GK_OUT + slot] += s;
+    }
+}
+
 /* The non-finite check folded into a kernel's first pass (gradkit.core.ChainOptimizer
  * ._deferred_checks): a kernel given a trailing hp flag `check` reduces every gradient of the
  * call, read-only, into out[i * GK_OUT + slot] (a sum of squares or a max |g|, not finite when

@@ -197,15 +197,7 @@ void GK_FN(gk_novograd)(GK_ARGS) {
     const T avg = (T)(1.0 - b1);
 #pragma omp parallel num_threads(nthreads)
     {
-        for (int64_t i = 0; i < n; ++i) {
-            const T *g = GK_PTR(1, i);
-            int64_t lo, hi;
-            gk_share(numel[i], &lo, &hi);
-            double gg = 0;
-#pragma omp simd reduction(+ : gg)
-            for (int64_t k = lo; k < hi; ++k) gg += (double)g[k] * (double)g[k];
-            gk_add(&out[i * GK_OUT], gg);
-        }
+        gk_sumsq_pass(n, numel, ptrs, 1, out, 0);
 #pragma omp barrier
         const int stop = gk_stop_nonfinite(check, out, n, 0);
 #pragma omp single

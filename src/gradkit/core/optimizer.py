@@ -224,7 +224,6 @@ class ChainOptimizer(torch.optim.Optimizer):
             gg.index
             for gg in candidates
             if gg.group["nonfinite"] == "skip"
-            and not _compresses(gg.group)
             and all(self.state[p] for p in gg.params)
             and self._checks_in_step(gg.group, gg.params, gg.grads)
         }

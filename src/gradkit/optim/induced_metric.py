@@ -248,18 +248,19 @@ class InducedMetric(GradkitOptimizer):
             kernel = _native.kernel("induced_metric")
             if not (_native.eligible(lists) and kernel.ready(lists[0][0].dtype)):
                 return rest
-        sums = {}
+        sums, nonfinite = {}, set()
         for idx in by_dtype.values():
             out = torch.zeros(len(idx), _native.OUT_WIDTH, dtype=torch.float64)
             _native.kernel("sumsq").run([[grads[i] for i in idx]], out.new_zeros(len(idx)), (), out)
             sums.update(zip(idx, out[:, 0], strict=True))
+            nonfinite.update(idx[j] for j in (~out[:, 0].isfinite()).nonzero().flatten().tolist())
         # the deferred non-finite check (ChainOptimizer._deferred_checks): the sums read every
         # gradient; a skipped group leaves the metric's norm, as if the guard had skipped it
         skipped = [
             seg
             for seg in segments
             if id(seg.hp) in self._checking
-            and not all(bool(sums[i].isfinite()) for i in range(seg.start, seg.stop))
+            and any(i in nonfinite for i in range(seg.start, seg.stop))
             and self._skip_late(seg.hp, params[seg.start : seg.stop], grads[seg.start : seg.stop])
         ]
         segments = [seg for seg in segments if seg not in skipped]
