@@ -224,8 +224,8 @@ class ChainOptimizer(torch.optim.Optimizer):
             gg.index
             for gg in candidates
             if gg.group["nonfinite"] == "skip"
+            and self._checks_in_step(gg.group, gg.params, gg.grads)  # False at once for most
             and all(self.state[p] for p in gg.params)
-            and self._checks_in_step(gg.group, gg.params, gg.grads)
         }
 
     def _checks_in_step(
